@@ -1,0 +1,686 @@
+//! Environment (and mirroring flags) -> a typed [`Config`], before any thread or child exists.
+//!
+//! Runs on the main thread only. Parsing is pure (`Config::parse` takes a lookup function, so
+//! tests need no process environment) and reports every problem at once; `preflight` then
+//! checks the outside world (programs, ports, the metrics address) and hands over the bound
+//! metrics listener so nothing can take the address between the check and its use.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::regions::{self, REGIONS};
+
+/// One configuration variable: its name, the flag that mirrors it, its default and meaning.
+/// This table drives `--help`, flag parsing and the README's configuration table.
+pub struct Setting {
+    pub env: &'static str,
+    pub flag: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        env: "SUPERVISOR_REGIONS",
+        flag: "--regions",
+        default: "all 12",
+        help: "comma-separated subset, in the order given; unknown or duplicate names are an error",
+    },
+    Setting {
+        env: "SUPERVISOR_COMMAND",
+        flag: "--command",
+        default: "/usr/local/bin/finfocus-plugin-aws-public-{region}",
+        help: "command template, split on whitespace, no shell; {region} and {port} are substituted",
+    },
+    Setting {
+        env: "SUPERVISOR_PORT_BASE",
+        flag: "--port-base",
+        default: "8001",
+        help: "port of a region = base + its row in the region table (0..11); each must be 1..65535",
+    },
+    Setting {
+        env: "SUPERVISOR_METRICS_ADDR",
+        flag: "--metrics-addr",
+        default: "0.0.0.0:9090",
+        help: "listen address of /metrics, /healthz, /readyz, /livez; `off` disables it",
+    },
+    Setting {
+        env: "SUPERVISOR_HEALTH_PATH",
+        flag: "--health-path",
+        default: "/healthz",
+        help: "path probed on each child",
+    },
+    Setting {
+        env: "SUPERVISOR_CHILD_METRICS_PATH",
+        flag: "--child-metrics-path",
+        default: "/metrics",
+        help: "path scraped on each child",
+    },
+    Setting {
+        env: "SUPERVISOR_SCRAPE_TIMEOUT",
+        flag: "--scrape-timeout",
+        default: "2s",
+        help: "per-child time limit of that scrape",
+    },
+    Setting {
+        env: "SUPERVISOR_MAX_RESTARTS",
+        flag: "--max-restarts",
+        default: "3",
+        help: "restarts allowed per region before the whole supervisor shuts down",
+    },
+    Setting {
+        env: "SUPERVISOR_RESTART_BACKOFF",
+        flag: "--restart-backoff",
+        default: "1s",
+        help: "delay before the first restart; doubles per consecutive failure, capped at 30s",
+    },
+    Setting {
+        env: "SUPERVISOR_RESTART_RESET",
+        flag: "--restart-reset",
+        default: "60s",
+        help: "a region healthy this long gets its failure count reset to 0",
+    },
+    Setting {
+        env: "SUPERVISOR_STARTUP_TIMEOUT",
+        flag: "--startup-timeout",
+        default: "10s",
+        help: "a (re)started child must answer its health path with 2xx within this",
+    },
+    Setting {
+        env: "SUPERVISOR_PROBE_INTERVAL",
+        flag: "--probe-interval",
+        default: "10s",
+        help: "health probe period once a region is ready",
+    },
+    Setting {
+        env: "SUPERVISOR_LIVENESS_FAILURES",
+        flag: "--liveness-failures",
+        default: "3",
+        help: "consecutive failed probes of a ready region that count as a failure (0 = never)",
+    },
+    Setting {
+        env: "SUPERVISOR_SHUTDOWN_GRACE",
+        flag: "--shutdown-grace",
+        default: "4s",
+        help: "time between SIGTERM and SIGKILL at shutdown (else TERMINATION_GRACE_SECONDS)",
+    },
+    Setting {
+        env: "SUPERVISOR_LOG_FORMAT",
+        flag: "--log-format",
+        default: "inject",
+        help: "inject: JSON lines get a region key, others a `[region] ` prefix; json: others are wrapped in JSON too",
+    },
+    Setting {
+        env: "SUPERVISOR_MAX_LINE",
+        flag: "--max-line",
+        default: "64KiB",
+        help: "longest log line kept whole; longer lines are emitted in pieces of at most this size",
+    },
+    Setting {
+        env: "HEALTH_CHECK_TIMEOUT",
+        flag: "--health-check-timeout",
+        default: "5s",
+        help: "per-region timeout of the `healthcheck` subcommand",
+    },
+    Setting {
+        env: "QUIET_HEALTHCHECK",
+        flag: "--quiet",
+        default: "unset",
+        help: "1/true: `healthcheck` prints only failures and the final line",
+    },
+];
+
+/// Read by `SUPERVISOR_SHUTDOWN_GRACE` when that is unset (the name Kubernetes users know).
+const GRACE_FALLBACK: &str = "TERMINATION_GRACE_SECONDS";
+
+/// Any restart waits at most this long (SPEC: the backoff doubles, capped at 30s).
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Inject,
+    Json,
+}
+
+/// What one region runs and where it is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionPlan {
+    pub name: &'static str,
+    /// The port the region is reached on (SPEC's table: base + row).
+    pub port: u16,
+    /// The port the child is told to listen on. Today it is `port`; the planned relay mode
+    /// gives the child an internal port while the supervisor listens on `port` itself.
+    pub child_port: u16,
+    /// Program and arguments, placeholders already substituted.
+    pub argv: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub regions: Vec<RegionPlan>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub health_path: String,
+    // Parsed and validated now (a malformed value is a configuration error today); the
+    // child-metrics scrape of `/metrics` reads them.
+    #[allow(dead_code)]
+    pub child_metrics_path: String,
+    #[allow(dead_code)]
+    pub scrape_timeout: Duration,
+    pub max_restarts: u32,
+    pub restart_backoff: Duration,
+    pub restart_reset: Duration,
+    pub startup_timeout: Duration,
+    pub probe_interval: Duration,
+    pub liveness_failures: u32,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub max_line: usize,
+    pub health_check_timeout: Duration,
+    pub quiet_healthcheck: bool,
+}
+
+/// Where a value came from, so an error names what the operator actually typed.
+struct Value {
+    origin: String,
+    text: String,
+}
+
+/// Collects every problem instead of stopping at the first.
+struct Parser<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<Result<String, String>>,
+    flags: &'a [(&'static str, String)],
+    errors: Vec<String>,
+}
+
+impl Parser<'_> {
+    /// The flag wins over the environment; an empty variable counts as unset.
+    fn value(&mut self, env: &str) -> Option<Value> {
+        let setting = SETTINGS.iter().find(|s| s.env == env);
+        if let Some(setting) = setting {
+            if let Some((_, text)) = self.flags.iter().rev().find(|(e, _)| *e == env) {
+                return Some(Value { origin: setting.flag.to_string(), text: text.clone() });
+            }
+        }
+        match (self.lookup)(env)? {
+            Ok(text) if text.trim().is_empty() => None,
+            Ok(text) => Some(Value { origin: env.to_string(), text }),
+            Err(_) => {
+                self.errors.push(format!("{env}: the value is not valid UTF-8"));
+                None
+            }
+        }
+    }
+
+    fn typed<T>(&mut self, env: &str, default: T, parse: fn(&str) -> Option<T>, valid: &str) -> T {
+        match self.value(env) {
+            None => default,
+            Some(v) => parse(v.text.trim()).unwrap_or_else(|| {
+                self.errors.push(format!("{}: {:?} is not {valid}", v.origin, v.text));
+                default
+            }),
+        }
+    }
+
+    fn duration(&mut self, env: &str, default: Duration) -> Duration {
+        self.typed(env, default, parse_duration, "a duration (use 250ms, 5s, 2m, or whole seconds)")
+    }
+
+    /// A duration that must be more than zero (a zero timeout or period makes no sense).
+    fn positive_duration(&mut self, env: &str, default: Duration) -> Duration {
+        self.typed(
+            env,
+            default,
+            |s| parse_duration(s).filter(|d| !d.is_zero()),
+            "a duration above zero (use 250ms, 5s, 2m, or whole seconds)",
+        )
+    }
+
+    fn count(&mut self, env: &str, default: u32) -> u32 {
+        self.typed(env, default, |s| s.parse().ok(), "a whole number (0, 1, 2, ...)")
+    }
+
+    fn path(&mut self, env: &str, default: &str) -> String {
+        self.typed(
+            env,
+            default.to_string(),
+            |s| (s.starts_with('/') && !s.contains(char::is_whitespace)).then(|| s.to_string()),
+            "an HTTP path (it starts with / and has no spaces, e.g. /healthz)",
+        )
+    }
+}
+
+impl Config {
+    /// Parses the configuration. `lookup` reads a variable (`Err` for one that is not UTF-8);
+    /// `flags` are `(variable, value)` pairs from the command line, which win. Every problem
+    /// is reported, one message each, in the returned `Err`.
+    pub fn parse(
+        lookup: &dyn Fn(&str) -> Option<Result<String, String>>,
+        flags: &[(&'static str, String)],
+    ) -> Result<Config, Vec<String>> {
+        let mut p = Parser { lookup, flags, errors: Vec::new() };
+
+        let names = parse_region_list(&mut p);
+        let port_base = p.typed(
+            "SUPERVISOR_PORT_BASE",
+            8001u32,
+            |s| s.parse::<u32>().ok().filter(|b| (1..=65535).contains(b)),
+            "a port number (1..65535)",
+        );
+        let template = match p.value("SUPERVISOR_COMMAND") {
+            Some(v) if v.text.split_whitespace().next().is_some() => v.text,
+            Some(v) => {
+                p.errors.push(format!("{}: the command is empty", v.origin));
+                String::new()
+            }
+            None => SETTINGS[1].default.to_string(),
+        };
+
+        let mut plans = Vec::new();
+        for (index, name) in names {
+            let port = port_base + index as u32;
+            if port > 65535 {
+                p.errors.push(format!(
+                    "SUPERVISOR_PORT_BASE: {port_base} gives {name} the port {port}, above 65535 \
+                     (the base must be at most {} with these regions)",
+                    65535 - index as u32
+                ));
+                continue;
+            }
+            let port = port as u16;
+            let argv = template
+                .split_whitespace()
+                .map(|word| word.replace("{region}", name).replace("{port}", &port.to_string()))
+                .collect();
+            plans.push(RegionPlan { name, port, child_port: port, argv });
+        }
+
+        let metrics_addr = match p.value("SUPERVISOR_METRICS_ADDR") {
+            None => Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            Some(v) if v.text.trim() == "off" => None,
+            Some(v) => parse_listen_addr(v.text.trim()).map(Some).unwrap_or_else(|| {
+                p.errors.push(format!(
+                    "{}: {:?} is not a listen address (use HOST:PORT such as 0.0.0.0:9090, :9090, or off)",
+                    v.origin, v.text
+                ));
+                None
+            }),
+        };
+
+        let grace_default = Duration::from_secs(4);
+        let shutdown_grace = if p.value("SUPERVISOR_SHUTDOWN_GRACE").is_none()
+            && (p.lookup)(GRACE_FALLBACK).is_some_and(|v| v.is_ok_and(|t| !t.trim().is_empty()))
+        {
+            let text = (p.lookup)(GRACE_FALLBACK).and_then(Result::ok).unwrap_or_default();
+            parse_duration(text.trim()).unwrap_or_else(|| {
+                p.errors.push(format!(
+                    "{GRACE_FALLBACK}: {text:?} is not a duration (use whole seconds, or 250ms, 5s, 2m)"
+                ));
+                grace_default
+            })
+        } else {
+            p.duration("SUPERVISOR_SHUTDOWN_GRACE", grace_default)
+        };
+
+        let config = Config {
+            regions: plans,
+            metrics_addr,
+            health_path: p.path("SUPERVISOR_HEALTH_PATH", "/healthz"),
+            child_metrics_path: p.path("SUPERVISOR_CHILD_METRICS_PATH", "/metrics"),
+            scrape_timeout: p.positive_duration("SUPERVISOR_SCRAPE_TIMEOUT", Duration::from_secs(2)),
+            max_restarts: p.count("SUPERVISOR_MAX_RESTARTS", 3),
+            restart_backoff: p.duration("SUPERVISOR_RESTART_BACKOFF", Duration::from_secs(1)),
+            restart_reset: p.positive_duration("SUPERVISOR_RESTART_RESET", Duration::from_secs(60)),
+            startup_timeout: p.positive_duration("SUPERVISOR_STARTUP_TIMEOUT", Duration::from_secs(10)),
+            probe_interval: p.positive_duration("SUPERVISOR_PROBE_INTERVAL", Duration::from_secs(10)),
+            liveness_failures: p.count("SUPERVISOR_LIVENESS_FAILURES", 3),
+            shutdown_grace,
+            log_format: p.typed(
+                "SUPERVISOR_LOG_FORMAT",
+                LogFormat::Inject,
+                |s| match s {
+                    "inject" => Some(LogFormat::Inject),
+                    "json" => Some(LogFormat::Json),
+                    _ => None,
+                },
+                "a log format (use inject or json)",
+            ),
+            max_line: p.typed(
+                "SUPERVISOR_MAX_LINE",
+                64 * 1024,
+                |s| parse_size(s).filter(|n| (MIN_LINE..=MAX_LINE).contains(n)),
+                "a size from 64 bytes to 64MiB (use 65536, 64KiB, 1MiB)",
+            ),
+            health_check_timeout: p.positive_duration("HEALTH_CHECK_TIMEOUT", Duration::from_secs(5)),
+            quiet_healthcheck: p.typed(
+                "QUIET_HEALTHCHECK",
+                false,
+                |s| match s.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" => Some(true),
+                    "0" | "false" | "no" => Some(false),
+                    _ => None,
+                },
+                "a switch (use 1 or true; 0 or false)",
+            ),
+        };
+        if p.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(p.errors)
+        }
+    }
+
+    /// The `regions` subcommand's text form: one line per region.
+    pub fn plan_text(&self) -> String {
+        let mut out = String::new();
+        for r in &self.regions {
+            let _ = writeln!(out, "{:<15} {:>5}  {}", r.name, r.port, r.argv.join(" "));
+        }
+        out
+    }
+
+    /// The `regions --json` form: an array of {"region","port","command"}.
+    pub fn plan_json(&self) -> String {
+        let plan: Vec<_> = self
+            .regions
+            .iter()
+            .map(|r| serde_json::json!({"region": r.name, "port": r.port, "command": r.argv}))
+            .collect();
+        serde_json::Value::Array(plan).to_string()
+    }
+}
+
+const MIN_LINE: usize = 64;
+const MAX_LINE: usize = 64 << 20;
+
+/// Region names in the order given; empty entries (a trailing comma) are ignored.
+fn parse_region_list(p: &mut Parser) -> Vec<(usize, &'static str)> {
+    let Some(v) = p.value("SUPERVISOR_REGIONS") else {
+        return REGIONS.iter().copied().enumerate().collect();
+    };
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for name in v.text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match regions::index_of(name) {
+            None => p.errors.push(format!(
+                "{}: unknown region {name:?} (valid regions: {})",
+                v.origin,
+                REGIONS.join(", ")
+            )),
+            Some(_) if !seen.insert(name) => {
+                p.errors.push(format!("{}: region {name:?} is listed twice", v.origin))
+            }
+            Some(i) => out.push((i, REGIONS[i])),
+        }
+    }
+    out
+}
+
+/// `250ms`, `5s`, `2m`, `1h`, or a bare whole number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        "" | "s" => n.checked_mul(1000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// `65536`, `64KiB`, `1MiB`, `1GiB`.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits.parse().ok()?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+/// `HOST:PORT`, `[v6]:PORT`, or `:PORT` for every IPv4 address (as Go programs accept).
+fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.to_socket_addrs().ok()?.next()
+}
+
+/// What `preflight` hands over: the metrics listener, already bound.
+pub struct Preflight {
+    pub metrics_listener: Option<TcpListener>,
+}
+
+/// Checks, before anything starts, what parsing cannot: every program exists and is
+/// executable, every region's port is free on 127.0.0.1, the metrics address is bindable.
+pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut checked = HashSet::new();
+    for r in &config.regions {
+        let program = &r.argv[0];
+        if checked.insert(program.clone()) {
+            if let Err(why) = find_program(program, path_var) {
+                errors.push(format!("SUPERVISOR_COMMAND: program {program:?} ({}) {why}", r.name));
+            }
+        }
+    }
+    for r in &config.regions {
+        if let Err(e) = TcpListener::bind(("127.0.0.1", r.child_port)) {
+            errors.push(format!(
+                "SUPERVISOR_PORT_BASE: port {} of region {} is not free on 127.0.0.1 ({e})",
+                r.child_port, r.name
+            ));
+        }
+    }
+    let metrics_listener = match config.metrics_addr {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                errors.push(format!("SUPERVISOR_METRICS_ADDR: cannot listen on {addr} ({e})"));
+                None
+            }
+        },
+    };
+    if errors.is_empty() {
+        Ok(Preflight { metrics_listener })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Resolves a program the way `execvp` will: a name with a slash is a path, any other name is
+/// searched in `PATH`. Says why it cannot be run when it cannot.
+pub fn find_program(program: &str, path_var: Option<&str>) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        return check_executable(Path::new(program)).map(|()| PathBuf::from(program));
+    }
+    let dirs = path_var.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let mut last = String::from("is not found in PATH");
+    for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        match check_executable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(why) if candidate.exists() => last = format!("at {}: {why}", candidate.display()),
+            Err(_) => {}
+        }
+    }
+    Err(last)
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => format!("cannot be read: {e}"),
+    })?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if !crate::sys::can_execute(path) {
+        return Err("is not executable by this user".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::parse(&move |k| map.get(k).cloned().map(Ok), &[])
+    }
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.regions.len(), 12);
+        assert_eq!(c.regions[0].port, 8001);
+        assert_eq!(c.regions[11].name, "us-west-1");
+        assert_eq!(c.regions[11].port, 8012);
+        assert_eq!(c.regions[0].argv, ["/usr/local/bin/finfocus-plugin-aws-public-us-east-1"]);
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(c.health_path, "/healthz");
+        assert_eq!(c.child_metrics_path, "/metrics");
+        assert_eq!(c.scrape_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_restarts, 3);
+        assert_eq!(c.restart_backoff, Duration::from_secs(1));
+        assert_eq!(c.restart_reset, Duration::from_secs(60));
+        assert_eq!(c.startup_timeout, Duration::from_secs(10));
+        assert_eq!(c.probe_interval, Duration::from_secs(10));
+        assert_eq!(c.liveness_failures, 3);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(4));
+        assert_eq!(c.log_format, LogFormat::Inject);
+        assert_eq!(c.max_line, 65536);
+        assert_eq!(c.health_check_timeout, Duration::from_secs(5));
+        assert!(!c.quiet_healthcheck);
+    }
+
+    #[test]
+    fn subset_keeps_given_order_and_table_ports() {
+        let c = parse(&[
+            ("SUPERVISOR_REGIONS", "us-west-1, eu-west-1,"),
+            ("SUPERVISOR_PORT_BASE", "9000"),
+            ("SUPERVISOR_COMMAND", "/bin/plugin --region={region}  --listen :{port}"),
+        ])
+        .unwrap();
+        let got: Vec<_> = c.regions.iter().map(|r| (r.name, r.port)).collect();
+        assert_eq!(got, [("us-west-1", 9011), ("eu-west-1", 9002)]);
+        assert_eq!(c.regions[0].argv, ["/bin/plugin", "--region=us-west-1", "--listen", ":9011"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = parse(&[
+            ("SUPERVISOR_REGIONS", "us-east-1,mars-1,us-east-1"),
+            ("SUPERVISOR_RESTART_BACKOFF", "5 seconds"),
+            ("SUPERVISOR_MAX_LINE", "lots"),
+            ("SUPERVISOR_LOG_FORMAT", "xml"),
+            ("SUPERVISOR_METRICS_ADDR", "nowhere"),
+            ("SUPERVISOR_MAX_RESTARTS", "-1"),
+            ("SUPERVISOR_HEALTH_PATH", "healthz"),
+            ("QUIET_HEALTHCHECK", "maybe"),
+        ])
+        .unwrap_err();
+        let all = errors.join("\n");
+        for needle in [
+            "SUPERVISOR_REGIONS: unknown region \"mars-1\" (valid regions: us-east-1,",
+            "SUPERVISOR_REGIONS: region \"us-east-1\" is listed twice",
+            "SUPERVISOR_RESTART_BACKOFF: \"5 seconds\" is not a duration (use 250ms, 5s, 2m",
+            "SUPERVISOR_MAX_LINE: \"lots\" is not a size",
+            "SUPERVISOR_LOG_FORMAT: \"xml\" is not a log format (use inject or json)",
+            "SUPERVISOR_METRICS_ADDR: \"nowhere\" is not a listen address",
+            "SUPERVISOR_MAX_RESTARTS: \"-1\" is not a whole number",
+            "SUPERVISOR_HEALTH_PATH: \"healthz\" is not an HTTP path",
+            "QUIET_HEALTHCHECK: \"maybe\" is not a switch",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        assert_eq!(errors.len(), 9, "{all}");
+    }
+
+    #[test]
+    fn ports_past_65535_name_the_region() {
+        let errors = parse(&[("SUPERVISOR_PORT_BASE", "65530")]).unwrap_err();
+        assert_eq!(errors.len(), 6, "{errors:?}");
+        assert!(errors[0].contains("ap-south-1 the port 65536"), "{errors:?}");
+        let ok = parse(&[("SUPERVISOR_PORT_BASE", "65535"), ("SUPERVISOR_REGIONS", "us-east-1")]);
+        assert_eq!(ok.unwrap().regions[0].port, 65535);
+        assert!(parse(&[("SUPERVISOR_PORT_BASE", "0")]).is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        for bad in ["", "s", "1.5s", "-1s", "5 s", "5sec", "99999999999999999999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        for bad in ["", "64kb", "1.5MiB", "KiB", "-3"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_means_nothing() {
+        let errors =
+            parse(&[("SUPERVISOR_STARTUP_TIMEOUT", "0"), ("SUPERVISOR_PROBE_INTERVAL", "0s")]).unwrap_err();
+        assert_eq!(errors.len(), 2);
+        let c = parse(&[("SUPERVISOR_RESTART_BACKOFF", "0"), ("SUPERVISOR_SHUTDOWN_GRACE", "0")]);
+        assert_eq!(c.unwrap().restart_backoff, Duration::ZERO);
+    }
+
+    #[test]
+    fn grace_falls_back_to_termination_grace_seconds() {
+        let c = parse(&[("TERMINATION_GRACE_SECONDS", "25")]).unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        let c = parse(&[("TERMINATION_GRACE_SECONDS", "25"), ("SUPERVISOR_SHUTDOWN_GRACE", "2s")]);
+        assert_eq!(c.unwrap().shutdown_grace, Duration::from_secs(2));
+        assert!(parse(&[("TERMINATION_GRACE_SECONDS", "soon")]).is_err());
+    }
+
+    #[test]
+    fn flags_win_and_are_named_in_errors() {
+        let map: HashMap<&str, &str> = HashMap::from([("SUPERVISOR_PORT_BASE", "9000")]);
+        let lookup = move |k: &str| map.get(k).map(|v| Ok(v.to_string()));
+        let c = Config::parse(&lookup, &[("SUPERVISOR_PORT_BASE", "7001".into())]).unwrap();
+        assert_eq!(c.regions[0].port, 7001);
+        let e = Config::parse(&lookup, &[("SUPERVISOR_MAX_RESTARTS", "x".into())]).unwrap_err();
+        assert!(e[0].starts_with("--max-restarts: \"x\""), "{e:?}");
+    }
+
+    #[test]
+    fn metrics_addr_forms() {
+        let c = parse(&[("SUPERVISOR_METRICS_ADDR", "off")]).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        let c = parse(&[("SUPERVISOR_METRICS_ADDR", ":9191")]).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9191".parse().unwrap()));
+        let c = parse(&[("SUPERVISOR_METRICS_ADDR", "127.0.0.1:9191")]).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9191".parse().unwrap()));
+    }
+
+    #[test]
+    fn plan_json_shape() {
+        let c = parse(&[("SUPERVISOR_REGIONS", "eu-west-1")]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&c.plan_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"region": "eu-west-1", "port": 8003,
+                "command": ["/usr/local/bin/finfocus-plugin-aws-public-eu-west-1"]}])
+        );
+    }
+}

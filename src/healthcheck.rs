@@ -1,0 +1,59 @@
+//! The `healthcheck` subcommand: probe every selected region's health path once, in parallel.
+//!
+//! Runs in its own short-lived process (Docker's HEALTHCHECK), one thread per region. It
+//! reads the same configuration as `run`, so it checks exactly what `run` started. Docker
+//! understands exit codes 0 and 1 only, so those are the only two it returns after parsing.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::probe;
+
+pub fn run(config: &Config) -> i32 {
+    let results = probe_all(config);
+    let mut out = std::io::stdout().lock();
+    let mut unhealthy = 0;
+    for (plan, result) in config.regions.iter().zip(&results) {
+        match result {
+            Ok(()) if config.quiet_healthcheck => {}
+            Ok(()) => {
+                let _ = writeln!(out, "✓ {} ({}) healthy", plan.name, plan.port);
+            }
+            Err(why) => {
+                unhealthy += 1;
+                let _ = writeln!(out, "✗ {} ({}) unhealthy: {why}", plan.name, plan.port);
+            }
+        }
+    }
+    let total = config.regions.len();
+    if unhealthy == 0 {
+        let _ = writeln!(out, "all {total} regions healthy");
+        0
+    } else {
+        let _ = writeln!(out, "{unhealthy} of {total} regions unhealthy");
+        1
+    }
+}
+
+/// One result per region, in the configured order.
+fn probe_all(config: &Config) -> Vec<Result<(), String>> {
+    let timeout = config.health_check_timeout;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = config
+            .regions
+            .iter()
+            .map(|plan| s.spawn(move || check(plan.port, &config.health_path, timeout)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe thread failed".into()))).collect()
+    })
+}
+
+fn check(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
+    let response = probe::get(port, path, timeout, 64 * 1024)?;
+    if (200..300).contains(&response.status) {
+        Ok(())
+    } else {
+        Err(format!("{path} answered HTTP {}", response.status))
+    }
+}

@@ -1,0 +1,575 @@
+//! Turns a child's raw output bytes into tagged lines (SPEC "Logs").
+//!
+//! Runs on the region thread that owns the child; one `Tagger` per region, no shared state.
+//! Invariants: every input byte ends up in exactly one output line (or, for invalid UTF-8 in
+//! `json` format, in a replacement character); memory is bounded by `max_line` plus one read,
+//! whatever the child writes; nothing here can fail or panic on any input.
+//!
+//! * A line that is exactly one JSON object gets a `region` member first; its own members are
+//!   copied byte for byte (a different `region` of its own is renamed `exported_region`, an
+//!   equal one is dropped so `region` appears once).
+//! * Any other line becomes `[<region>] <line>` (format `inject`) or a JSON object with
+//!   `region`, `time`, `level`, `message` (format `json`).
+//! * A trailing `\r` is dropped (CRLF output); a line longer than `max_line` is emitted in
+//!   pieces of at most `max_line` bytes, cut before a UTF-8 character rather than inside it.
+
+use std::time::SystemTime;
+
+use crate::config::LogFormat;
+use crate::output::rfc3339;
+
+/// How many of the last lines a region keeps for the give-up report.
+pub const TAIL_LINES: usize = 10;
+/// Longest tail line kept (bytes); the report is for a human, not a replay.
+const TAIL_LINE_MAX: usize = 1024;
+
+pub struct Tagger {
+    region: &'static str,
+    format: LogFormat,
+    max_line: usize,
+    /// The start of a line whose newline has not arrived yet; never longer than `max_line`.
+    pending: Vec<u8>,
+    tail: Vec<Vec<u8>>,
+    tail_next: usize,
+    /// Lines (and pieces) emitted so far.
+    pub lines: u64,
+}
+
+impl Tagger {
+    pub fn new(region: &'static str, format: LogFormat, max_line: usize) -> Tagger {
+        Tagger {
+            region,
+            format,
+            max_line: max_line.max(4),
+            pending: Vec::new(),
+            tail: Vec::new(),
+            tail_next: 0,
+            lines: 0,
+        }
+    }
+
+    /// Tags every complete line of `data` into `out`; keeps an unfinished last line pending.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        while !data.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.segment(&data[..i], true, out);
+                    data = &data[i + 1..];
+                }
+                None => {
+                    self.segment(data, false, out);
+                    data = &[];
+                }
+            }
+        }
+    }
+
+    /// The output ended: a last line without newline is still a line.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.emit(&line, out);
+            self.pending = line;
+            self.pending.clear();
+        }
+    }
+
+    /// The last lines, oldest first, for a report.
+    pub fn tail(&self) -> Vec<String> {
+        let n = self.tail.len();
+        (0..n)
+            .map(|i| &self.tail[(self.tail_next + i) % n])
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+
+    /// A run of bytes without newline; `terminated` if a newline followed it.
+    fn segment(&mut self, mut seg: &[u8], terminated: bool, out: &mut Vec<u8>) {
+        // Complete a pending line first, emitting it in pieces while it overflows.
+        while !self.pending.is_empty() {
+            let room = self.max_line - self.pending.len();
+            if seg.len() <= room {
+                self.pending.extend_from_slice(seg);
+                if terminated {
+                    let line = std::mem::take(&mut self.pending);
+                    self.emit(&line, out);
+                    self.pending = line;
+                    self.pending.clear();
+                }
+                return;
+            }
+            self.pending.extend_from_slice(&seg[..room]);
+            seg = &seg[room..];
+            let cut = char_cut(&self.pending, seg[0]);
+            let piece = std::mem::take(&mut self.pending);
+            self.emit(&piece[..cut], out);
+            self.pending = piece;
+            self.pending.drain(..cut);
+        }
+        while seg.len() > self.max_line {
+            let cut = char_cut(&seg[..self.max_line], seg[self.max_line]);
+            self.emit(&seg[..cut], out);
+            seg = &seg[cut..];
+        }
+        if terminated {
+            self.emit(seg, out);
+        } else {
+            self.pending.extend_from_slice(seg);
+        }
+    }
+
+    fn emit(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.lines += 1;
+        self.remember(line);
+        let trimmed = line.trim_ascii();
+        if trimmed.first() == Some(&b'{') && inject_region(trimmed, self.region, out) {
+            return;
+        }
+        match self.format {
+            LogFormat::Inject => {
+                out.push(b'[');
+                out.extend_from_slice(self.region.as_bytes());
+                out.extend_from_slice(b"] ");
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+            LogFormat::Json => {
+                out.extend_from_slice(b"{\"region\":\"");
+                out.extend_from_slice(self.region.as_bytes());
+                out.extend_from_slice(b"\",\"time\":\"");
+                out.extend_from_slice(rfc3339(SystemTime::now()).as_bytes());
+                out.extend_from_slice(b"\",\"level\":\"info\",\"message\":");
+                json_string(line, out);
+                out.extend_from_slice(b"}\n");
+            }
+        }
+    }
+
+    fn remember(&mut self, line: &[u8]) {
+        let line = &line[..line.len().min(TAIL_LINE_MAX)];
+        if self.tail.len() < TAIL_LINES {
+            self.tail.push(line.to_vec());
+            return;
+        }
+        let slot = &mut self.tail[self.tail_next];
+        slot.clear();
+        slot.extend_from_slice(line);
+        self.tail_next = (self.tail_next + 1) % TAIL_LINES;
+    }
+}
+
+/// Where to end a piece of `buf` (a full `max_line`) when `next` is the byte after it: before
+/// the character that straddles the end, if one does.
+fn char_cut(buf: &[u8], next: u8) -> usize {
+    let is_cont = |b: u8| b & 0xC0 == 0x80;
+    if !is_cont(next) {
+        return buf.len();
+    }
+    for back in 1..=3.min(buf.len() - 1) {
+        let b = buf[buf.len() - back];
+        if b >= 0xC0 {
+            return buf.len() - back;
+        }
+        if !is_cont(b) {
+            break;
+        }
+    }
+    buf.len()
+}
+
+/// Writes `s` as a JSON string: escapes quotes, backslashes and control characters; invalid
+/// UTF-8 becomes U+FFFD.
+pub fn json_string(s: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for chunk in s.utf8_chunks() {
+        let valid = chunk.valid().as_bytes();
+        let mut start = 0;
+        for (i, &b) in valid.iter().enumerate() {
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1F => b"",
+                _ => continue,
+            };
+            out.extend_from_slice(&valid[start..i]);
+            if esc.is_empty() {
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+            } else {
+                out.extend_from_slice(esc);
+            }
+            start = i + 1;
+        }
+        out.extend_from_slice(&valid[start..]);
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{FFFD}".as_bytes());
+        }
+    }
+    out.push(b'"');
+}
+
+/// If `obj` (trimmed, starting with '{') is exactly one valid JSON object, writes it with the
+/// `region` member first and returns true; otherwise writes nothing and returns false.
+fn inject_region(obj: &[u8], region: &str, out: &mut Vec<u8>) -> bool {
+    let Some(members) = json::object_members(obj) else { return false };
+    out.extend_from_slice(b"{\"region\":\"");
+    out.extend_from_slice(region.as_bytes());
+    out.push(b'"');
+    let own: Vec<&json::Member> = members.iter().filter(|m| m.is_region).collect();
+    if own.is_empty() {
+        // The common case: copy the inside of the object verbatim.
+        let inside = &obj[1..obj.len() - 1];
+        if !inside.trim_ascii().is_empty() {
+            out.push(b',');
+            out.extend_from_slice(inside);
+        }
+    } else {
+        for m in &members {
+            if m.is_region && json::string_equals(&obj[m.value.clone()], region) {
+                continue; // the same region: keep one `region` member, ours
+            }
+            out.push(b',');
+            if m.is_region {
+                out.extend_from_slice(b"\"exported_region\"");
+                out.extend_from_slice(&obj[m.key.end..m.value.end]);
+            } else {
+                out.extend_from_slice(&obj[m.key.start..m.value.end]);
+            }
+        }
+    }
+    out.extend_from_slice(b"}\n");
+    true
+}
+
+/// A strict, allocation-light JSON validator that also reports the top-level members of an
+/// object. Iterative (an explicit stack), so no input can overflow the thread's stack.
+mod json {
+    use std::ops::Range;
+
+    pub struct Member {
+        pub key: Range<usize>,
+        pub value: Range<usize>,
+        pub is_region: bool,
+    }
+
+    /// The members of `s` if `s` is exactly one JSON object (no trailing bytes).
+    pub fn object_members(s: &[u8]) -> Option<Vec<Member>> {
+        std::str::from_utf8(s).ok()?;
+        let mut p = Scanner { s, i: 0 };
+        let mut members = Vec::new();
+        p.expect(b'{')?;
+        p.ws();
+        if p.peek() == Some(b'}') {
+            p.i += 1;
+        } else {
+            loop {
+                p.ws();
+                let key_start = p.i;
+                p.string()?;
+                let key = key_start..p.i;
+                p.ws();
+                p.expect(b':')?;
+                p.ws();
+                let value_start = p.i;
+                p.value()?;
+                let is_region = string_equals(&s[key.clone()], "region");
+                members.push(Member { key, value: value_start..p.i, is_region });
+                p.ws();
+                match p.next()? {
+                    b',' => continue,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        (p.i == s.len()).then_some(members)
+    }
+
+    /// Whether the JSON text `raw` is a string equal to `want`.
+    pub fn string_equals(raw: &[u8], want: &str) -> bool {
+        if raw.len() == want.len() + 2 && &raw[1..raw.len() - 1] == want.as_bytes() {
+            return raw[0] == b'"';
+        }
+        // Escapes (`"\u0072egion"`) are rare: let a real decoder settle it.
+        raw.first() == Some(&b'"')
+            && raw.contains(&b'\\')
+            && serde_json::from_slice::<String>(raw).is_ok_and(|d| d == want)
+    }
+
+    struct Scanner<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Scanner<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.i).copied()
+        }
+
+        fn next(&mut self) -> Option<u8> {
+            let b = self.peek()?;
+            self.i += 1;
+            Some(b)
+        }
+
+        fn expect(&mut self, want: u8) -> Option<()> {
+            (self.next()? == want).then_some(())
+        }
+
+        fn ws(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.i += 1;
+            }
+        }
+
+        fn string(&mut self) -> Option<()> {
+            self.expect(b'"')?;
+            loop {
+                match self.next()? {
+                    b'"' => return Some(()),
+                    b'\\' => match self.next()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            for _ in 0..4 {
+                                if !self.next()?.is_ascii_hexdigit() {
+                                    return None;
+                                }
+                            }
+                        }
+                        _ => return None,
+                    },
+                    0..=0x1F => return None,
+                    _ => {}
+                }
+            }
+        }
+
+        fn digits(&mut self) -> usize {
+            let start = self.i;
+            while matches!(self.peek(), Some(b'0'..=b'9')) {
+                self.i += 1;
+            }
+            self.i - start
+        }
+
+        fn number(&mut self) -> Option<()> {
+            if self.peek() == Some(b'-') {
+                self.i += 1;
+            }
+            match self.peek()? {
+                b'0' => self.i += 1,
+                b'1'..=b'9' => {
+                    self.digits();
+                }
+                _ => return None,
+            }
+            if self.peek() == Some(b'.') {
+                self.i += 1;
+                (self.digits() > 0).then_some(())?;
+            }
+            if matches!(self.peek(), Some(b'e' | b'E')) {
+                self.i += 1;
+                if matches!(self.peek(), Some(b'+' | b'-')) {
+                    self.i += 1;
+                }
+                (self.digits() > 0).then_some(())?;
+            }
+            Some(())
+        }
+
+        fn literal(&mut self, word: &[u8]) -> Option<()> {
+            let end = self.i + word.len();
+            (self.s.get(self.i..end)? == word).then(|| self.i = end)
+        }
+
+        /// One value of any kind; containers are walked with an explicit stack.
+        fn value(&mut self) -> Option<()> {
+            let mut stack: Vec<u8> = Vec::new(); // b'}' or b']': what closes each open container
+            loop {
+                self.ws();
+                // A value is expected here.
+                match self.peek()? {
+                    b'{' => {
+                        self.i += 1;
+                        self.ws();
+                        if self.peek() == Some(b'}') {
+                            self.i += 1;
+                        } else {
+                            stack.push(b'}');
+                            self.key()?;
+                            continue;
+                        }
+                    }
+                    b'[' => {
+                        self.i += 1;
+                        self.ws();
+                        if self.peek() == Some(b']') {
+                            self.i += 1;
+                        } else {
+                            stack.push(b']');
+                            continue;
+                        }
+                    }
+                    b'"' => self.string()?,
+                    b't' => self.literal(b"true")?,
+                    b'f' => self.literal(b"false")?,
+                    b'n' => self.literal(b"null")?,
+                    _ => self.number()?,
+                }
+                // A value ended: close containers, or move to the next element.
+                loop {
+                    let Some(&close) = stack.last() else { return Some(()) };
+                    self.ws();
+                    match self.next()? {
+                        b',' if close == b'}' => {
+                            self.key()?;
+                            break;
+                        }
+                        b',' => break,
+                        b if b == close => {
+                            stack.pop();
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+        }
+
+        /// `"key" :` inside an object.
+        fn key(&mut self) -> Option<()> {
+            self.ws();
+            self.string()?;
+            self.ws();
+            self.expect(b':')
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(format: LogFormat, max: usize, input: &[u8]) -> String {
+        let mut t = Tagger::new("us-east-1", format, max);
+        let mut out = Vec::new();
+        t.feed(input, &mut out);
+        t.finish(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn inject(input: &str) -> String {
+        tag(LogFormat::Inject, 1 << 16, input.as_bytes())
+    }
+
+    #[test]
+    fn plain_lines_get_a_prefix() {
+        assert_eq!(inject("PORT=8001\nhello\n"), "[us-east-1] PORT=8001\n[us-east-1] hello\n");
+        assert_eq!(inject("\n"), "[us-east-1] \n");
+        assert_eq!(inject("crlf\r\n"), "[us-east-1] crlf\n");
+        assert_eq!(inject("no newline"), "[us-east-1] no newline\n");
+    }
+
+    #[test]
+    fn json_objects_get_region_first() {
+        assert_eq!(inject("{}\n"), "{\"region\":\"us-east-1\"}\n");
+        assert_eq!(inject("  { }  \n"), "{\"region\":\"us-east-1\"}\n");
+        assert_eq!(
+            inject("{\"level\":\"info\",\"n\":[1,{\"region\":\"x\"}]}\n"),
+            "{\"region\":\"us-east-1\",\"level\":\"info\",\"n\":[1,{\"region\":\"x\"}]}\n"
+        );
+        assert_eq!(
+            inject("{\"a\":1, \"region\":\"eu-west-1\" ,\"b\":2}"),
+            "{\"region\":\"us-east-1\",\"a\":1,\"exported_region\":\"eu-west-1\",\"b\":2}\n"
+        );
+        assert_eq!(inject("{\"region\":\"us-east-1\",\"b\":2}\n"), "{\"region\":\"us-east-1\",\"b\":2}\n");
+        assert_eq!(inject("{\"\\u0072egion\":\"us-east-1\"}\n"), "{\"region\":\"us-east-1\"}\n");
+    }
+
+    #[test]
+    fn near_json_is_plain() {
+        for line in ["{", "{\"a\":}", "{\"a\":1}}", "{\"a\":1} x", "{'a':1}", "{\"a\":01}", "[1]"] {
+            assert_eq!(inject(line), format!("[us-east-1] {line}\n"), "{line}");
+        }
+        assert_eq!(inject("{\"a\":\"\t\"}"), "[us-east-1] {\"a\":\"\t\"}\n");
+    }
+
+    #[test]
+    fn deep_nesting_does_not_overflow() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let out = tag(LogFormat::Inject, 1 << 20, deep.as_bytes());
+        assert!(out.starts_with("{\"region\":\"us-east-1\",\"a\":[[["), "{}", &out[..40]);
+    }
+
+    #[test]
+    fn json_format_wraps_plain_lines() {
+        let out = tag(LogFormat::Json, 1 << 16, b"a \"q\" \\ \x01\xff\n");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["region"], "us-east-1");
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["message"], "a \"q\" \\ \u{1}\u{FFFD}");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert!(out.starts_with("{\"region\":"));
+    }
+
+    #[test]
+    fn long_lines_come_in_pieces() {
+        let line = "x".repeat(250);
+        let out = tag(LogFormat::Inject, 100, format!("{line}\nend\n").as_bytes());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0].len(), "[us-east-1] ".len() + 100);
+        assert_eq!(lines[2], format!("[us-east-1] {}", "x".repeat(50)));
+        assert_eq!(lines[3], "[us-east-1] end");
+        // A line of exactly max_line is one line, fed whole or byte by byte.
+        let exact = "y".repeat(100) + "\n";
+        assert_eq!(tag(LogFormat::Inject, 100, exact.as_bytes()).lines().count(), 1);
+        let mut t = Tagger::new("us-east-1", LogFormat::Inject, 100);
+        let mut out = Vec::new();
+        for b in exact.as_bytes() {
+            t.feed(std::slice::from_ref(b), &mut out);
+        }
+        assert_eq!(out.split(|&b| b == b'\n').count() - 1, 1);
+    }
+
+    #[test]
+    fn pieces_do_not_split_characters() {
+        let line = "é".repeat(60); // 120 bytes
+        let out = tag(LogFormat::Inject, 101, line.as_bytes());
+        for l in out.lines() {
+            assert!(l.len() - "[us-east-1] ".len() <= 101);
+        }
+        let joined: String = out.lines().map(|l| &l["[us-east-1] ".len()..]).collect();
+        assert_eq!(joined, line);
+    }
+
+    #[test]
+    fn content_is_conserved_across_any_chunking() {
+        let input: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let whole = tag(LogFormat::Inject, 64, &input);
+        for step in [1, 3, 64, 65, 1000] {
+            let mut t = Tagger::new("us-east-1", LogFormat::Inject, 64);
+            let mut out = Vec::new();
+            for chunk in input.chunks(step) {
+                t.feed(chunk, &mut out);
+            }
+            t.finish(&mut out);
+            assert_eq!(String::from_utf8_lossy(&out), whole, "step {step}");
+        }
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let mut t = Tagger::new("us-east-1", LogFormat::Inject, 1024);
+        let mut out = Vec::new();
+        let input: String = (0..25).map(|i| format!("line {i}\n")).collect();
+        t.feed(input.as_bytes(), &mut out);
+        let tail = t.tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail[0], "line 15");
+        assert_eq!(tail[9], "line 24");
+        assert_eq!(t.lines, 25);
+    }
+}

@@ -1,0 +1,95 @@
+//! `region-supervisor`: PID 1 for a container running one pricing-plugin process per AWS
+//! region. `main` only dispatches; each step lives in the module named for it.
+//!
+//! Threads of a running supervisor: main (becomes the supervisor event loop, `supervisor.rs`),
+//! signals (`signals.rs`, also reaps), stdout (`output.rs`), one per region (`region.rs`),
+//! http (`server.rs`), and short-lived probe threads.
+
+mod cli;
+mod config;
+mod healthcheck;
+mod logtag;
+mod output;
+mod policy;
+mod probe;
+mod reaper;
+mod region;
+mod regions;
+mod server;
+mod signals;
+mod spawn;
+mod supervisor;
+mod sys;
+
+use std::process::ExitCode;
+
+use cli::Command;
+use config::Config;
+
+/// Exit code of bad usage or configuration: nothing was started.
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    ExitCode::from(run(&args))
+}
+
+fn run(args: &[String]) -> u8 {
+    let invocation = match cli::parse(args) {
+        Ok(i) => i,
+        Err(e) => return fail(&[e]),
+    };
+    match invocation.command {
+        Command::Help => {
+            print!("{}", cli::help());
+            return 0;
+        }
+        Command::Version => {
+            println!("region-supervisor {}", env!("CARGO_PKG_VERSION"));
+            return 0;
+        }
+        _ => {}
+    }
+    let lookup = |name: &str| std::env::var_os(name).map(|v| v.into_string().map_err(|_| name.to_string()));
+    let config = match Config::parse(&lookup, &invocation.flags) {
+        Ok(c) => c,
+        Err(errors) => return fail(&errors),
+    };
+    match invocation.command {
+        Command::Regions { json: true } => println!("{}", config.plan_json()),
+        Command::Regions { json: false } => print!("{}", config.plan_text()),
+        Command::Healthcheck => return healthcheck::run(&config) as u8,
+        _ => return supervise(config),
+    }
+    0
+}
+
+fn supervise(config: Config) -> u8 {
+    // Handlers first, while this is the only thread: as PID 1 a signal without a handler is
+    // dropped, and signal-hook must register before other threads exist.
+    let signals = match signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("region-supervisor: cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    sys::cloexec_inherited_fds();
+    let path = std::env::var("PATH").ok();
+    let preflight = match config::preflight(&config, path.as_deref()) {
+        Ok(p) => p,
+        Err(errors) => return fail(&errors),
+    };
+    supervisor::run(config, preflight, signals) as u8
+}
+
+/// Prints every problem once, with the program's name, and returns the usage exit code.
+fn fail(errors: &[String]) -> u8 {
+    let mut text = String::new();
+    for e in errors {
+        text.push_str(&format!("region-supervisor: {e}\n"));
+    }
+    text.push_str("region-supervisor: nothing was started (see --help)\n");
+    eprint!("{text}");
+    USAGE
+}

@@ -1,0 +1,869 @@
+//! The restart policy and shutdown sequence as a pure state machine: no I/O, no clock, no
+//! threads. `Policy::on(input, now)` returns what the supervisor thread must do.
+//!
+//! Owned by the supervisor thread. Every timer lives here as an `Instant` (startup deadline,
+//! probe due, backoff end, SIGKILL time, failure-count reset), and `next_deadline` tells the
+//! event loop how long it may block. Generations tag each spawn so a late probe result or exit
+//! of a previous instance can never be applied to the current one.
+//!
+//! Failure counting (SPEC "Lifecycle and restart policy"): each failure increments the
+//! region's count; while the count is at most `max_restarts` the region restarts after
+//! `backoff * 2^(count-1)` (capped at 30s); the failure after that gives up: every region is
+//! stopped and the supervisor exits 1. A region ready (and passing probes) for
+//! `restart_reset` gets its count reset to 0.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::config::{Config, BACKOFF_CAP};
+use crate::sys::{signal_name, ExitStatus};
+
+/// First readiness probe after a start, then the period until ready.
+const FIRST_PROBE: Duration = Duration::from_millis(20);
+const STARTUP_PROBE_EVERY: Duration = Duration::from_millis(100);
+/// A readiness probe during startup waits at most this long for an answer.
+const STARTUP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A liveness probe waits at most min(probe interval, this).
+const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_restarts: u32,
+    pub backoff: Duration,
+    pub reset: Duration,
+    pub startup_timeout: Duration,
+    pub probe_interval: Duration,
+    pub liveness_failures: u32,
+    pub grace: Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            max_restarts: c.max_restarts,
+            backoff: c.restart_backoff,
+            reset: c.restart_reset,
+            startup_timeout: c.startup_timeout,
+            probe_interval: c.probe_interval,
+            liveness_failures: c.liveness_failures,
+            grace: c.shutdown_grace,
+        }
+    }
+
+    /// Delay before the restart that follows failure number `failures` (1-based).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.backoff.saturating_mul(1 << doublings).min(BACKOFF_CAP)
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// Start every region (once, at the beginning).
+    Begin,
+    Started {
+        region: usize,
+        gen: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        region: usize,
+        gen: u64,
+        error: String,
+    },
+    /// The child was reaped and all of its output has been handed to stdout.
+    Exited {
+        region: usize,
+        gen: u64,
+        status: ExitStatus,
+        tail: Vec<String>,
+    },
+    Probed {
+        region: usize,
+        gen: u64,
+        result: Result<(), String>,
+    },
+    /// SIGTERM, SIGINT or SIGQUIT.
+    Stop {
+        signal: i32,
+    },
+    /// SIGHUP, SIGUSR1 or SIGUSR2.
+    Forward {
+        signal: i32,
+    },
+    /// A deadline passed; nothing else happened.
+    Tick,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    Spawn {
+        region: usize,
+        gen: u64,
+    },
+    Probe {
+        region: usize,
+        gen: u64,
+        timeout: Duration,
+    },
+    /// Signal the process group of `pid` (the supervisor sends it only if still unreaped).
+    Signal {
+        region: usize,
+        pid: i32,
+        signal: i32,
+    },
+    Log {
+        level: &'static str,
+        region: Option<usize>,
+        message: String,
+        fields: Vec<(&'static str, Value)>,
+    },
+    Exit(i32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Asked the region thread to spawn; waiting for its answer.
+    Spawning,
+    Starting {
+        deadline: Instant,
+    },
+    Ready,
+    /// Was ready; its latest probe failed.
+    Unhealthy,
+    /// SIGTERM sent; SIGKILL at `kill_at` (None once sent). `restart`: after a failure.
+    Stopping {
+        kill_at: Option<Instant>,
+        restart: bool,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Stopped,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub phase: Phase,
+    pub gen: u64,
+    /// The pid of the current child while it is unreaped.
+    pub pid: Option<i32>,
+    /// Consecutive failures (reset after stable health); decides backoff and give-up.
+    pub failures: u32,
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    gave_up: bool,
+    probe_at: Option<Instant>,
+    probing: bool,
+    probe_failures: u32,
+    reset_at: Option<Instant>,
+}
+
+impl Region {
+    fn new() -> Region {
+        Region {
+            phase: Phase::Stopped,
+            gen: 0,
+            pid: None,
+            failures: 0,
+            restarts: 0,
+            last_exit: None,
+            gave_up: false,
+            probe_at: None,
+            probing: false,
+            probe_failures: 0,
+            reset_at: None,
+        }
+    }
+
+    /// The state name SPEC's `/healthz` body uses.
+    pub fn state(&self) -> &'static str {
+        match self.phase {
+            Phase::Spawning | Phase::Starting { .. } => "starting",
+            Phase::Ready => "ready",
+            Phase::Unhealthy | Phase::Stopping { restart: true, .. } => "unhealthy",
+            Phase::Backoff { .. } => "backoff",
+            _ if self.gave_up => "failed",
+            Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => "stopped",
+        }
+    }
+
+    #[cfg(test)]
+    fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
+}
+
+pub struct Policy {
+    s: Settings,
+    names: Vec<&'static str>,
+    pub regions: Vec<Region>,
+    /// Set once the supervisor is stopping (signal or give-up); no more restarts.
+    stopping: bool,
+    /// A second SIGTERM/SIGINT arrived: anything that starts is killed at once.
+    killing: bool,
+    exit_code: i32,
+    /// The region that gave up, and why, until its last output is known.
+    give_up: Option<(usize, String)>,
+    finished: bool,
+    out: Vec<Action>,
+}
+
+impl Policy {
+    /// `names`: the selected regions, in the order the supervisor indexes them.
+    pub fn new(s: Settings, names: Vec<&'static str>) -> Policy {
+        Policy {
+            s,
+            regions: names.iter().map(|_| Region::new()).collect(),
+            names,
+            stopping: false,
+            killing: false,
+            exit_code: 0,
+            give_up: None,
+            finished: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// True once the supervisor is stopping or has given up (for `/livez`).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    pub fn on(&mut self, input: Event, now: Instant) -> Vec<Action> {
+        match input {
+            Event::Begin => (0..self.regions.len()).for_each(|r| self.spawn(r)),
+            Event::Started { region, gen, pid } => self.started(region, gen, pid, now),
+            Event::SpawnFailed { region, gen, error } => {
+                if gen == self.regions[region].gen {
+                    self.log("error", Some(region), format!("cannot start: {error}"), vec![]);
+                    self.ended(region, format!("could not be started: {error}"), vec![], now);
+                }
+            }
+            Event::Exited { region, gen, status, tail } => {
+                if gen == self.regions[region].gen {
+                    self.exited(region, status, tail, now);
+                }
+            }
+            Event::Probed { region, gen, result } => {
+                if gen == self.regions[region].gen {
+                    self.probed(region, result, now);
+                }
+            }
+            Event::Stop { signal } => self.stop_signal(signal, now),
+            Event::Forward { signal } => self.forward(signal),
+            Event::Tick => {}
+        }
+        self.fire_due(now);
+        self.check_done();
+        std::mem::take(&mut self.out)
+    }
+
+    /// The earliest instant at which `on(Tick)` has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.regions
+            .iter()
+            .flat_map(|r| {
+                let phase_time = match r.phase {
+                    Phase::Starting { deadline } => Some(deadline),
+                    Phase::Stopping { kill_at, .. } => kill_at,
+                    Phase::Backoff { until } => Some(until),
+                    _ => None,
+                };
+                let probe = if r.probing { None } else { r.probe_at };
+                [phase_time, probe, r.reset_at]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn log(
+        &mut self,
+        level: &'static str,
+        region: Option<usize>,
+        message: String,
+        fields: Vec<(&'static str, Value)>,
+    ) {
+        self.out.push(Action::Log { level, region, message, fields });
+    }
+
+    fn spawn(&mut self, r: usize) {
+        let reg = &mut self.regions[r];
+        reg.gen += 1;
+        reg.phase = Phase::Spawning;
+        reg.probe_at = None;
+        reg.probing = false;
+        reg.probe_failures = 0;
+        reg.reset_at = None;
+        self.out.push(Action::Spawn { region: r, gen: reg.gen });
+    }
+
+    fn started(&mut self, r: usize, gen: u64, pid: i32, now: Instant) {
+        if gen != self.regions[r].gen {
+            return;
+        }
+        let attempt = self.regions[r].restarts;
+        self.regions[r].pid = Some(pid);
+        self.log("info", Some(r), "started".into(), vec![("pid", json!(pid)), ("restarts", json!(attempt))]);
+        if self.stopping {
+            // A stop began while this spawn was under way: stop it right away.
+            self.regions[r].phase = Phase::Stopping { kill_at: Some(now + self.s.grace), restart: false };
+            let signal = if self.killing { libc::SIGKILL } else { libc::SIGTERM };
+            self.out.push(Action::Signal { region: r, pid, signal });
+            return;
+        }
+        let reg = &mut self.regions[r];
+        reg.phase = Phase::Starting { deadline: now + self.s.startup_timeout };
+        reg.probe_at = Some(now + FIRST_PROBE);
+    }
+
+    fn exited(&mut self, r: usize, status: ExitStatus, tail: Vec<String>, now: Instant) {
+        let reg = &mut self.regions[r];
+        reg.pid = None;
+        reg.probing = false;
+        reg.probe_at = None;
+        reg.reset_at = None;
+        reg.last_exit = Some(status.to_string());
+        let expected = matches!(reg.phase, Phase::Stopping { .. });
+        let level = if expected { "info" } else { "warn" };
+        self.log(level, Some(r), status.to_string(), vec![("status", status_json(status))]);
+        if self.give_up.as_ref().is_some_and(|(g, _)| *g == r) {
+            let (_, cause) = self.give_up.take().expect("checked");
+            self.report_give_up(r, &cause, tail);
+            self.regions[r].phase = Phase::Failed;
+            return;
+        }
+        match self.regions[r].phase {
+            Phase::Stopping { restart: true, .. } if !self.stopping => self.schedule_restart(r, now),
+            Phase::Stopping { .. } => self.regions[r].phase = Phase::Stopped,
+            _ => self.ended(r, status.to_string(), tail, now),
+        }
+    }
+
+    /// The child is gone without being asked to go: a failure, unless we are stopping.
+    fn ended(&mut self, r: usize, cause: String, tail: Vec<String>, now: Instant) {
+        self.regions[r].pid = None;
+        if self.stopping {
+            self.regions[r].phase = Phase::Stopped;
+        } else {
+            self.failure(r, cause, Some(tail), now);
+        }
+    }
+
+    /// Counts a failure and restarts or gives up. `tail` is the last output when the child is
+    /// already gone (`None`: it is still running and is stopped first).
+    fn failure(&mut self, r: usize, cause: String, tail: Option<Vec<String>>, now: Instant) {
+        let reg = &mut self.regions[r];
+        reg.failures += 1;
+        reg.probing = false;
+        reg.probe_at = None;
+        reg.reset_at = None;
+        let (failures, max) = (reg.failures, self.s.max_restarts);
+        if failures > max {
+            reg.gave_up = true;
+            self.exit_code = 1;
+            match tail {
+                Some(tail) => {
+                    self.regions[r].phase = Phase::Failed;
+                    self.report_give_up(r, &cause, tail);
+                }
+                None => {
+                    self.give_up = Some((r, cause.clone()));
+                    self.stop_region(r, false, now);
+                }
+            }
+            self.begin_stop(format!("{} gave up", self.names[r]), now);
+            return;
+        }
+        self.log(
+            "warn",
+            Some(r),
+            format!("failure {failures} of {max} allowed: {cause}"),
+            vec![("cause", json!(cause)), ("failures", json!(failures))],
+        );
+        if tail.is_some() {
+            self.schedule_restart(r, now);
+        } else {
+            self.stop_region(r, true, now);
+        }
+    }
+
+    fn report_give_up(&mut self, r: usize, cause: &str, tail: Vec<String>) {
+        let max = self.s.max_restarts;
+        self.log(
+            "error",
+            Some(r),
+            format!("giving up after {max} restarts: {cause}"),
+            vec![("cause", json!(cause)), ("restarts", json!(max)), ("last_lines", json!(tail))],
+        );
+    }
+
+    fn schedule_restart(&mut self, r: usize, now: Instant) {
+        let failures = self.regions[r].failures;
+        let delay = self.s.backoff(failures);
+        self.regions[r].phase = Phase::Backoff { until: now + delay };
+        self.log(
+            "info",
+            Some(r),
+            format!("restarting in {} (attempt {failures}/{})", human(delay), self.s.max_restarts),
+            vec![
+                ("attempt", json!(failures)),
+                ("max_restarts", json!(self.s.max_restarts)),
+                ("delay_ms", json!(delay.as_millis() as u64)),
+            ],
+        );
+    }
+
+    /// SIGTERM now, SIGKILL after the grace.
+    fn stop_region(&mut self, r: usize, restart: bool, now: Instant) {
+        let Some(pid) = self.regions[r].pid else { return };
+        if let Phase::Stopping { kill_at, .. } = self.regions[r].phase {
+            self.regions[r].phase = Phase::Stopping { kill_at, restart };
+            return;
+        }
+        self.regions[r].phase = Phase::Stopping { kill_at: Some(now + self.s.grace), restart };
+        self.out.push(Action::Signal { region: r, pid, signal: libc::SIGTERM });
+    }
+
+    fn begin_stop(&mut self, reason: String, now: Instant) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.log("info", None, format!("stopping all regions: {reason}"), vec![]);
+        for r in 0..self.regions.len() {
+            match self.regions[r].phase {
+                Phase::Starting { .. } | Phase::Ready | Phase::Unhealthy => self.stop_region(r, false, now),
+                Phase::Stopping { .. } => self.stop_region(r, false, now),
+                Phase::Backoff { .. } => self.regions[r].phase = Phase::Stopped,
+                // A spawn under way is stopped when it reports in (`started`).
+                Phase::Spawning | Phase::Stopped | Phase::Failed => {}
+            }
+        }
+    }
+
+    fn stop_signal(&mut self, signal: i32, now: Instant) {
+        if !self.stopping {
+            self.begin_stop(format!("received {}", signal_name(signal)), now);
+            return;
+        }
+        if signal == libc::SIGQUIT || self.killing {
+            return;
+        }
+        self.killing = true;
+        self.log(
+            "warn",
+            None,
+            format!("received {} again: killing what is left", signal_name(signal)),
+            vec![],
+        );
+        for r in 0..self.regions.len() {
+            if let Some(pid) = self.regions[r].pid {
+                self.out.push(Action::Signal { region: r, pid, signal: libc::SIGKILL });
+                if let Phase::Stopping { restart, .. } = self.regions[r].phase {
+                    self.regions[r].phase = Phase::Stopping { kill_at: None, restart };
+                }
+            }
+        }
+    }
+
+    fn forward(&mut self, signal: i32) {
+        let mut n = 0;
+        for r in 0..self.regions.len() {
+            if let Some(pid) = self.regions[r].pid {
+                self.out.push(Action::Signal { region: r, pid, signal });
+                n += 1;
+            }
+        }
+        self.log("info", None, format!("forwarded {} to {n} regions", signal_name(signal)), vec![]);
+    }
+
+    fn probed(&mut self, r: usize, result: Result<(), String>, now: Instant) {
+        let interval = self.s.probe_interval;
+        let reg = &mut self.regions[r];
+        reg.probing = false;
+        match (reg.phase, result) {
+            (Phase::Starting { .. }, Ok(())) => {
+                reg.phase = Phase::Ready;
+                reg.probe_at = Some(now + interval);
+                reg.reset_at = (reg.failures > 0).then_some(now + self.s.reset);
+                self.log("info", Some(r), "ready".into(), vec![]);
+            }
+            (Phase::Starting { .. }, Err(_)) => reg.probe_at = Some(now + STARTUP_PROBE_EVERY),
+            (Phase::Ready, Ok(())) => reg.probe_at = Some(now + interval),
+            (Phase::Unhealthy, Ok(())) => {
+                reg.phase = Phase::Ready;
+                reg.probe_failures = 0;
+                reg.probe_at = Some(now + interval);
+                reg.reset_at = (reg.failures > 0).then_some(now + self.s.reset);
+                self.log("info", Some(r), "healthy again".into(), vec![]);
+            }
+            (Phase::Ready | Phase::Unhealthy, Err(why)) => {
+                reg.phase = Phase::Unhealthy;
+                reg.probe_failures += 1;
+                reg.reset_at = None;
+                reg.probe_at = Some(now + interval);
+                let (n, limit) = (reg.probe_failures, self.s.liveness_failures);
+                self.log(
+                    "warn",
+                    Some(r),
+                    format!("health probe failed ({n} in a row): {why}"),
+                    vec![("cause", json!(why))],
+                );
+                if limit > 0 && n >= limit {
+                    self.failure(r, format!("failed {n} consecutive health probes ({why})"), None, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fire_due(&mut self, now: Instant) {
+        for r in 0..self.regions.len() {
+            match self.regions[r].phase {
+                Phase::Starting { deadline } if now >= deadline => {
+                    let cause = format!("not ready within {}", human(self.s.startup_timeout));
+                    self.failure(r, cause, None, now);
+                }
+                Phase::Stopping { kill_at: Some(t), restart } if now >= t => {
+                    self.regions[r].phase = Phase::Stopping { kill_at: None, restart };
+                    if let Some(pid) = self.regions[r].pid {
+                        self.log(
+                            "warn",
+                            Some(r),
+                            format!("still running after {}: killing", human(self.s.grace)),
+                            vec![],
+                        );
+                        self.out.push(Action::Signal { region: r, pid, signal: libc::SIGKILL });
+                    }
+                }
+                Phase::Backoff { until } if now >= until => {
+                    self.regions[r].restarts += 1;
+                    self.spawn(r);
+                }
+                _ => {}
+            }
+            let reg = &mut self.regions[r];
+            if reg.reset_at.is_some_and(|t| now >= t) && reg.phase == Phase::Ready {
+                reg.reset_at = None;
+                reg.failures = 0;
+                self.log(
+                    "info",
+                    Some(r),
+                    format!("healthy for {}: failure count reset", human(self.s.reset)),
+                    vec![],
+                );
+            }
+            let reg = &mut self.regions[r];
+            let probe_phase = matches!(reg.phase, Phase::Starting { .. } | Phase::Ready | Phase::Unhealthy);
+            if probe_phase && !reg.probing && reg.probe_at.is_some_and(|t| now >= t) {
+                let timeout = match reg.phase {
+                    Phase::Starting { deadline } => STARTUP_PROBE_TIMEOUT
+                        .min(deadline.saturating_duration_since(now))
+                        .max(Duration::from_millis(10)),
+                    _ => self.s.probe_interval.min(LIVENESS_PROBE_TIMEOUT),
+                };
+                reg.probing = true;
+                reg.probe_at = None;
+                self.out.push(Action::Probe { region: r, gen: reg.gen, timeout });
+            }
+        }
+    }
+
+    fn check_done(&mut self) {
+        if self.finished || !self.stopping {
+            return;
+        }
+        if self.regions.iter().all(|r| matches!(r.phase, Phase::Stopped | Phase::Failed)) {
+            self.finished = true;
+            self.out.push(Action::Exit(self.exit_code));
+        }
+    }
+}
+
+fn status_json(status: ExitStatus) -> Value {
+    match status {
+        ExitStatus::Code(c) => json!({"code": c}),
+        ExitStatus::Signal(s) => json!({"signal": signal_name(s)}),
+    }
+}
+
+/// `250ms`, `4s`, `2m30s`: durations as operators write them.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 || ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    match (s / 60, s % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            max_restarts: 3,
+            backoff: Duration::from_secs(1),
+            reset: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(10),
+            liveness_failures: 3,
+            grace: Duration::from_secs(4),
+        }
+    }
+
+    struct Sim {
+        p: Policy,
+        now: Instant,
+        actions: Vec<Action>,
+    }
+
+    impl Sim {
+        fn new(regions: usize) -> Sim {
+            let names = crate::regions::REGIONS[..regions].to_vec();
+            let mut sim = Sim { p: Policy::new(settings(), names), now: Instant::now(), actions: vec![] };
+            sim.send(Event::Begin);
+            sim
+        }
+
+        fn send(&mut self, input: Event) -> &[Action] {
+            self.actions = self.p.on(input, self.now);
+            &self.actions
+        }
+
+        fn advance(&mut self, d: Duration) -> &[Action] {
+            self.now += d;
+            self.send(Event::Tick)
+        }
+
+        fn gen(&self, r: usize) -> u64 {
+            self.p.regions[r].gen
+        }
+
+        /// Start region r with `pid` and make it ready.
+        fn up(&mut self, r: usize, pid: i32) {
+            let gen = self.gen(r);
+            self.send(Event::Started { region: r, gen, pid });
+            self.send(Event::Probed { region: r, gen, result: Ok(()) });
+            assert!(self.p.regions[r].is_ready());
+        }
+
+        fn exit(&mut self, r: usize, status: ExitStatus) -> &[Action] {
+            let gen = self.gen(r);
+            self.send(Event::Exited { region: r, gen, status, tail: vec!["last words".into()] })
+        }
+
+        fn has(&self, want: &Action) -> bool {
+            self.actions.iter().any(|a| a == want)
+        }
+
+        fn exit_code(&self) -> Option<i32> {
+            self.actions.iter().find_map(|a| if let Action::Exit(c) = a { Some(*c) } else { None })
+        }
+    }
+
+    #[test]
+    fn begin_spawns_every_region_at_once() {
+        let sim = Sim::new(3);
+        let spawns = sim.actions.iter().filter(|a| matches!(a, Action::Spawn { .. })).count();
+        assert_eq!(spawns, 3);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = settings();
+        let got: Vec<u64> = (1..=7).map(|f| s.backoff(f).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(s.backoff(u32::MAX), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn three_failures_restart_then_the_fourth_gives_up() {
+        let mut sim = Sim::new(2);
+        sim.up(0, 100);
+        sim.up(1, 200);
+        let mut delay = Duration::from_secs(1);
+        for attempt in 1..=3 {
+            sim.exit(0, ExitStatus::Code(3));
+            assert_eq!(sim.p.regions[0].state(), "backoff");
+            assert!(sim.advance(delay - Duration::from_millis(1)).is_empty());
+            let gen = sim.gen(0);
+            sim.advance(Duration::from_millis(1));
+            assert!(sim.has(&Action::Spawn { region: 0, gen: gen + 1 }), "attempt {attempt}");
+            assert_eq!(sim.p.regions[0].restarts, attempt);
+            sim.up(0, 100 + attempt as i32);
+            delay *= 2;
+        }
+        sim.exit(0, ExitStatus::Signal(libc::SIGSEGV));
+        assert_eq!(sim.p.regions[0].state(), "failed");
+        assert!(sim.has(&Action::Signal { region: 1, pid: 200, signal: libc::SIGTERM }));
+        let give_up = sim.actions.iter().find_map(|a| match a {
+            Action::Log { level: "error", message, fields, .. } => Some((message.clone(), fields.clone())),
+            _ => None,
+        });
+        let (message, fields) = give_up.expect("a give-up error");
+        assert!(message.contains("killed by SIGSEGV"), "{message}");
+        assert!(fields.contains(&("last_lines", json!(["last words"]))));
+        assert_eq!(sim.exit_code(), None, "waits for the other region");
+        sim.exit(1, ExitStatus::Code(0));
+        assert_eq!(sim.exit_code(), Some(1));
+    }
+
+    #[test]
+    fn stable_health_resets_the_failure_count() {
+        let mut sim = Sim::new(1);
+        sim.up(0, 10);
+        sim.exit(0, ExitStatus::Code(1));
+        sim.advance(Duration::from_secs(1));
+        sim.up(0, 11);
+        assert_eq!(sim.p.regions[0].failures, 1);
+        // Probes keep passing for 60s.
+        for _ in 0..6 {
+            sim.advance(Duration::from_secs(10));
+            let gen = sim.gen(0);
+            sim.send(Event::Probed { region: 0, gen, result: Ok(()) });
+        }
+        assert_eq!(sim.p.regions[0].failures, 0);
+        sim.exit(0, ExitStatus::Code(1));
+        assert!(sim
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Log { message, .. } if message.contains("in 1s (attempt 1/3)"))));
+    }
+
+    #[test]
+    fn startup_timeout_stops_then_restarts() {
+        let mut sim = Sim::new(1);
+        let gen = sim.gen(0);
+        sim.send(Event::Started { region: 0, gen, pid: 7 });
+        sim.advance(Duration::from_secs(10));
+        assert!(sim.has(&Action::Signal { region: 0, pid: 7, signal: libc::SIGTERM }));
+        assert_eq!(sim.p.regions[0].failures, 1);
+        sim.advance(Duration::from_secs(4));
+        assert!(sim.has(&Action::Signal { region: 0, pid: 7, signal: libc::SIGKILL }));
+        sim.exit(0, ExitStatus::Signal(libc::SIGKILL));
+        assert_eq!(sim.p.regions[0].state(), "backoff");
+        sim.advance(Duration::from_secs(1));
+        assert!(sim.has(&Action::Spawn { region: 0, gen: gen + 1 }));
+    }
+
+    #[test]
+    fn liveness_failures_count_after_the_threshold() {
+        let mut sim = Sim::new(1);
+        sim.up(0, 5);
+        for n in 1..=3 {
+            sim.advance(Duration::from_secs(10));
+            let gen = sim.gen(0);
+            assert!(sim.actions.iter().any(|a| matches!(a, Action::Probe { .. })));
+            sim.send(Event::Probed { region: 0, gen, result: Err("timed out".into()) });
+            assert_eq!(sim.p.regions[0].state(), "unhealthy");
+            let stopped = sim.has(&Action::Signal { region: 0, pid: 5, signal: libc::SIGTERM });
+            assert_eq!(stopped, n == 3, "probe {n}");
+        }
+    }
+
+    #[test]
+    fn zero_liveness_failures_never_restarts() {
+        let mut sim = Sim::new(1);
+        sim.p.s.liveness_failures = 0;
+        sim.up(0, 5);
+        for _ in 0..10 {
+            sim.advance(Duration::from_secs(10));
+            let gen = sim.gen(0);
+            sim.send(Event::Probed { region: 0, gen, result: Err("503".into()) });
+            assert!(!sim.actions.iter().any(|a| matches!(a, Action::Signal { .. })));
+        }
+    }
+
+    #[test]
+    fn sigterm_stops_everything_and_exits_zero() {
+        let mut sim = Sim::new(2);
+        sim.up(0, 10);
+        sim.up(1, 20);
+        sim.send(Event::Stop { signal: libc::SIGTERM });
+        assert!(sim.has(&Action::Signal { region: 0, pid: 10, signal: libc::SIGTERM }));
+        assert!(sim.has(&Action::Signal { region: 1, pid: 20, signal: libc::SIGTERM }));
+        sim.exit(0, ExitStatus::Code(0));
+        assert_eq!(sim.exit_code(), None);
+        // An exit during the stop is not a failure.
+        sim.exit(1, ExitStatus::Signal(libc::SIGTERM));
+        assert_eq!(sim.exit_code(), Some(0));
+        assert_eq!(sim.p.regions[1].failures, 0);
+    }
+
+    #[test]
+    fn grace_then_sigkill_and_second_signal_kills_at_once() {
+        let mut sim = Sim::new(2);
+        sim.up(0, 10);
+        sim.up(1, 20);
+        sim.send(Event::Stop { signal: libc::SIGINT });
+        sim.advance(Duration::from_secs(4));
+        assert!(sim.has(&Action::Signal { region: 0, pid: 10, signal: libc::SIGKILL }));
+        let mut sim = Sim::new(1);
+        sim.up(0, 10);
+        sim.send(Event::Stop { signal: libc::SIGTERM });
+        sim.send(Event::Stop { signal: libc::SIGTERM });
+        assert!(sim.has(&Action::Signal { region: 0, pid: 10, signal: libc::SIGKILL }));
+        sim.exit(0, ExitStatus::Signal(libc::SIGKILL));
+        assert_eq!(sim.exit_code(), Some(0));
+    }
+
+    #[test]
+    fn stop_during_backoff_and_during_spawn() {
+        let mut sim = Sim::new(2);
+        sim.up(0, 10);
+        sim.exit(0, ExitStatus::Code(1)); // region 0 in backoff; region 1 still spawning
+        sim.send(Event::Stop { signal: libc::SIGTERM });
+        assert_eq!(sim.p.regions[0].state(), "stopped");
+        let gen = sim.gen(1);
+        sim.send(Event::Started { region: 1, gen, pid: 20 });
+        assert!(sim.has(&Action::Signal { region: 1, pid: 20, signal: libc::SIGTERM }));
+        sim.exit(1, ExitStatus::Code(0));
+        assert_eq!(sim.exit_code(), Some(0));
+    }
+
+    #[test]
+    fn forwards_to_live_children_only() {
+        let mut sim = Sim::new(2);
+        sim.up(0, 10);
+        sim.send(Event::Forward { signal: libc::SIGHUP });
+        assert!(sim.has(&Action::Signal { region: 0, pid: 10, signal: libc::SIGHUP }));
+        assert_eq!(sim.actions.iter().filter(|a| matches!(a, Action::Signal { .. })).count(), 1);
+    }
+
+    #[test]
+    fn stale_generations_are_ignored() {
+        let mut sim = Sim::new(1);
+        sim.up(0, 10);
+        let old = sim.gen(0);
+        sim.exit(0, ExitStatus::Code(1));
+        sim.advance(Duration::from_secs(1));
+        sim.send(Event::Probed { region: 0, gen: old, result: Ok(()) });
+        assert_eq!(sim.p.regions[0].state(), "starting");
+    }
+
+    #[test]
+    fn spawn_failure_counts_as_failure() {
+        let mut sim = Sim::new(1);
+        let gen = sim.gen(0);
+        sim.send(Event::SpawnFailed { region: 0, gen, error: "Exec format error".into() });
+        assert_eq!(sim.p.regions[0].failures, 1);
+        assert_eq!(sim.p.regions[0].state(), "backoff");
+    }
+
+    #[test]
+    fn humanizes_durations() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_secs(4)), "4s");
+        assert_eq!(human(Duration::from_secs(150)), "2m30s");
+        assert_eq!(human(Duration::from_secs(60)), "1m");
+    }
+}

@@ -1,0 +1,276 @@
+//! One thread per region: it spawns the region's child, owns its log pipe and tags every line,
+//! and reports the child's start and end to the supervisor.
+//!
+//! The thread lives until the supervisor has stopped every child, because the child's
+//! parent-death signal fires when the *spawning thread* exits. It sleeps in `poll` on two
+//! descriptors: the child's pipe and its mailbox's eventfd (the supervisor's commands and the
+//! reaper's exit notice arrive on a channel, and the eventfd makes them wake `poll`).
+//!
+//! Ordering invariant: `Event::Exited` is sent only after every byte the child left in its pipe
+//! has been tagged and handed to stdout, so the supervisor's view (and the tail of lines in a
+//! give-up report) is complete when it acts. End of file and exit are separate: a grandchild
+//! may keep the pipe open after the child died, and a child may close it and live on.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{unbounded, Receiver, Select, Sender};
+
+use crate::config::{LogFormat, RegionPlan};
+use crate::logtag::Tagger;
+use crate::output::{self, Batch};
+use crate::policy::Event;
+use crate::reaper::Registry;
+use crate::spawn;
+use crate::sys::{self, EventFd, ExitStatus};
+
+/// Bytes read from a child's pipe at a time.
+pub const READ_SIZE: usize = 64 * 1024;
+
+pub enum Msg {
+    Spawn {
+        gen: u64,
+    },
+    /// From the reaper: the child ended (a region has at most one child at a time).
+    Exited {
+        status: ExitStatus,
+    },
+    /// Every child is gone; the thread may end.
+    Quit,
+}
+
+/// How other threads reach a region thread.
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: Sender<Msg>,
+    wake: Arc<EventFd>,
+}
+
+impl Mailbox {
+    pub fn send(&self, msg: Msg) {
+        // The receiver lives as long as the thread, which outlives every sender's use.
+        let _ = self.tx.send(msg);
+        self.wake.wake();
+    }
+}
+
+/// Counters the metrics endpoint reads without asking the thread.
+#[derive(Default)]
+pub struct Stats {
+    pub lines: AtomicU64,
+    /// Lines of an exited child dropped because stdout was blocked (see `Region::deliver`).
+    pub lines_dropped: AtomicU64,
+}
+
+pub struct Setup {
+    pub index: usize,
+    pub plan: RegionPlan,
+    pub format: LogFormat,
+    pub max_line: usize,
+    pub registry: Arc<Registry>,
+    pub events: Sender<Event>,
+    pub stats: Arc<Stats>,
+}
+
+pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
+    let (tx, rx) = unbounded();
+    let mailbox = Mailbox { tx, wake: Arc::new(EventFd::new()?) };
+    let name = format!("region {}", setup.plan.name);
+    let tagger = Tagger::new(setup.plan.name, setup.format, setup.max_line);
+    let region = Region {
+        setup,
+        rx,
+        mailbox: mailbox.clone(),
+        tagger,
+        child: None,
+        out: Vec::new(),
+        deferred: Vec::new(),
+    };
+    let handle = std::thread::Builder::new().name(name).spawn(move || region.run())?;
+    Ok((mailbox, handle))
+}
+
+struct Child {
+    gen: u64,
+    pipe: Option<OwnedFd>,
+    status: Option<ExitStatus>,
+}
+
+struct Region {
+    setup: Setup,
+    rx: Receiver<Msg>,
+    mailbox: Mailbox,
+    tagger: Tagger,
+    child: Option<Child>,
+    /// Tagged lines not yet handed to stdout.
+    out: Vec<u8>,
+    /// Messages that arrived while waiting for stdout.
+    deferred: Vec<Msg>,
+}
+
+impl Region {
+    fn run(mut self) {
+        let mut buf = vec![0u8; READ_SIZE];
+        let mut ready = Vec::new();
+        loop {
+            let pipe = self.child.as_ref().and_then(|c| c.pipe.as_ref()).map(|p| p.as_raw_fd());
+            let mut fds = vec![self.mailbox.wake.raw()];
+            fds.extend(pipe);
+            if let Err(e) = sys::poll_readable(&fds, &mut ready) {
+                output::error(Some(self.name()), &format!("poll failed: {e}"), &[]);
+            }
+            if ready[0] {
+                self.mailbox.wake.clear();
+            }
+            let mut msgs: Vec<Msg> = std::mem::take(&mut self.deferred);
+            msgs.extend(self.rx.try_iter());
+            for msg in msgs {
+                match msg {
+                    Msg::Spawn { gen } => self.spawn(gen),
+                    Msg::Exited { status } => self.note_exit(status),
+                    Msg::Quit => return,
+                }
+            }
+            if ready.get(1) == Some(&true) {
+                self.read_pipe(&mut buf, false);
+            }
+            if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
+                self.read_pipe(&mut buf, true);
+                self.report_exit();
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.setup.plan.name
+    }
+
+    fn spawn(&mut self, gen: u64) {
+        let result = (|| {
+            let (read, write) = sys::pipe_cloexec()?;
+            sys::set_nonblocking(&read)?;
+            let mut cmd = spawn::command(&self.setup.plan, write, sys::getpid())?;
+            let mailbox = self.mailbox.clone();
+            let child = self
+                .setup
+                .registry
+                .spawn(&mut cmd, Box::new(move |status| mailbox.send(Msg::Exited { status })))?;
+            // `cmd` still holds our copies of the pipe's write end: drop it, or the pipe
+            // would never reach end of file.
+            drop(cmd);
+            Ok::<_, std::io::Error>((child.id() as i32, read))
+        })();
+        let event = match result {
+            Ok((pid, read)) => {
+                self.child = Some(Child { gen, pipe: Some(read), status: None });
+                Event::Started { region: self.setup.index, gen, pid }
+            }
+            Err(e) => Event::SpawnFailed { region: self.setup.index, gen, error: e.to_string() },
+        };
+        let _ = self.setup.events.send(event);
+    }
+
+    fn note_exit(&mut self, status: ExitStatus) {
+        if let Some(child) = self.child.as_mut() {
+            child.status = Some(status);
+        }
+    }
+
+    /// Reads what the pipe has: once (after `poll` said so), or until it is empty (`drain`,
+    /// after the child exited). End of file closes the pipe.
+    fn read_pipe(&mut self, buf: &mut [u8], drain: bool) {
+        loop {
+            let Some(fd) = self.child.as_ref().and_then(|c| c.pipe.as_ref()).map(|p| p.as_raw_fd()) else {
+                return;
+            };
+            match sys::read(fd, buf) {
+                Ok(0) => {
+                    self.tagger.finish(&mut self.out);
+                    self.deliver();
+                    if let Some(c) = self.child.as_mut() {
+                        c.pipe = None;
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    self.tagger.feed(&buf[..n], &mut self.out);
+                    self.deliver();
+                    if !drain {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if drain {
+                        // The child is gone; what a stray grandchild may still write is not
+                        // this instance's output any more. Close and move on.
+                        self.tagger.finish(&mut self.out);
+                        self.deliver();
+                        if let Some(c) = self.child.as_mut() {
+                            c.pipe = None;
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    output::error(Some(self.name()), &format!("cannot read child output: {e}"), &[]);
+                    if let Some(c) = self.child.as_mut() {
+                        c.pipe = None;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the tagged lines to the stdout thread. While the child runs, waits for room
+    /// (blocking only this region's pipe) but keeps listening to the mailbox; once the child
+    /// has exited, never waits: lines that do not fit are dropped and counted, so a blocked
+    /// stdout cannot hold up a restart.
+    fn deliver(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let lines = self.out.iter().filter(|&&b| b == b'\n').count() as u64;
+        let batch = Batch::Lines { bytes: std::mem::take(&mut self.out), lines };
+        let Some(tx) = output::sender() else { return };
+        let stats = self.setup.stats.clone();
+        loop {
+            if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
+                match tx.try_send(batch) {
+                    Ok(()) => stats.lines.fetch_add(lines, Ordering::Relaxed),
+                    Err(_) => stats.lines_dropped.fetch_add(lines, Ordering::Relaxed),
+                };
+                return;
+            }
+            let mut sel = Select::new();
+            let send = sel.send(tx);
+            let recv = sel.recv(&self.rx);
+            let op = sel.select();
+            if op.index() == send {
+                if op.send(tx, batch).is_ok() {
+                    stats.lines.fetch_add(lines, Ordering::Relaxed);
+                }
+                return;
+            }
+            debug_assert_eq!(op.index(), recv);
+            match op.recv(&self.rx) {
+                Ok(Msg::Exited { status }) => self.note_exit(status),
+                Ok(msg) => self.deferred.push(msg),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn report_exit(&mut self) {
+        let Some(child) = self.child.take() else { return };
+        let status = child.status.expect("called once the status is known");
+        let _ = self.setup.events.send(Event::Exited {
+            region: self.setup.index,
+            gen: child.gen,
+            status,
+            tail: self.tagger.tail(),
+        });
+    }
+}

@@ -1,0 +1,44 @@
+//! Builds the `Command` for one region's child (SPEC "Children").
+//!
+//! Called by the region thread, which then spawns it through `reaper::Registry::spawn`. The
+//! child gets: the supervisor's whole environment plus its region and port; /dev/null as
+//! stdin; one pipe as both stdout and stderr (so its lines keep their order); its own process
+//! group (so a stop reaches its helpers too); a parent-death signal. It inherits no other
+//! descriptor: everything the supervisor opens is close-on-exec, and `main` marks whatever
+//! it inherited close-on-exec before any thread starts.
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use crate::config::RegionPlan;
+use crate::sys;
+
+/// Set for the child only where the supervisor's environment does not set them.
+const DEFAULT_ENV: [(&str, &str); 3] = [
+    ("FINFOCUS_PLUGIN_WEB_ENABLED", "true"),
+    ("FINFOCUS_PLUGIN_HEALTH_ENDPOINT", "true"),
+    ("FINFOCUS_LOG_LEVEL", "info"),
+];
+
+/// `output` is the write end of the region's log pipe; it becomes fd 1 and fd 2.
+pub fn command(plan: &RegionPlan, output: OwnedFd, supervisor_pid: i32) -> std::io::Result<Command> {
+    let mut cmd = Command::new(&plan.argv[0]);
+    cmd.args(&plan.argv[1..]);
+    let port = plan.child_port.to_string();
+    cmd.env("FINFOCUS_PLUGIN_PORT", &port).env("PORT", &port).env("REGION", plan.name);
+    for (key, value) in DEFAULT_ENV {
+        if std::env::var_os(key).is_none_or(|v| v == OsStr::new("")) {
+            cmd.env(key, value);
+        }
+    }
+    cmd.stdin(Stdio::null()).stdout(output.try_clone()?).stderr(output);
+    cmd.process_group(0);
+    // SAFETY: the closure only makes async-signal-safe syscalls on an integer captured
+    // before the fork (see `sys::child_pre_exec`).
+    unsafe {
+        cmd.pre_exec(move || sys::child_pre_exec(supervisor_pid));
+    }
+    Ok(cmd)
+}

@@ -1,0 +1,281 @@
+//! Every direct libc call of the supervisor, each wrapped once with its safety argument.
+//!
+//! Callable from any thread. The one exception to "any thread" is `waitpid_any`, which only
+//! `reaper::Registry::reap` may call (see that module for why).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// How a child ended, as `waitpid` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ExitStatus::Code(c) => write!(f, "exited with status {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by {}", signal_name(s)),
+        }
+    }
+}
+
+/// `SIGTERM` rather than `15`: logs name signals.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}
+
+/// Reaps one exited child of this process, any child, without blocking.
+/// `Ok(None)`: children exist but none has exited; `Err(ECHILD)`: no children at all.
+pub fn waitpid_any() -> io::Result<Option<(i32, ExitStatus)>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer for the duration of the call.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => {
+            let st = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signal(libc::WTERMSIG(status))
+            } else {
+                ExitStatus::Code(libc::WEXITSTATUS(status))
+            };
+            Ok(Some((pid, st)))
+        }
+    }
+}
+
+/// Sends `sig` to the process group led by `pgid`. ESRCH (nobody left) is not an error.
+pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
+    debug_assert!(pgid > 1, "never signal our own group or every process");
+    // SAFETY: kill has no memory-safety preconditions; a negative pid names a group.
+    if unsafe { libc::kill(-pgid, sig) } == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// Orphans of our descendants are re-parented to us instead of to init, so we can reap them
+/// and so a bare-host supervisor sees its whole tree. (As PID 1 this is implicit.)
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument; no pointers involved.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so whatever the supervisor inherited
+/// (a CI runner's pipes, a systemd socket) never reaches a child. Descriptors the supervisor
+/// opens itself are close-on-exec already (std and `pipe_cloexec` see to that).
+pub fn cloexec_inherited_fds() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.11: walk the descriptors we actually have.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<RawFd> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: F_SETFD on a descriptor number; a closed one just fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// A pipe whose both ends are close-on-exec (so a sibling's fork never holds them open).
+pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags == -1 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A counter descriptor that becomes readable when another thread calls `wake`: lets a thread
+/// that sleeps in `poll` on a pipe also hear its mailbox.
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes integer arguments and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. It can only fail when the counter is about
+        // to overflow, and then the descriptor is readable anyway, which is all we need.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter; true if it had been woken.
+    pub fn clear(&self) -> bool {
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; non-blocking, so EAGAIN when not woken.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) == 8 }
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable (or hung up). Returns which ones, in order.
+pub fn poll_readable(fds: &[RawFd], ready: &mut Vec<bool>) -> io::Result<()> {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    loop {
+        // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if n >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    ready.clear();
+    ready.extend(pfds.iter().map(|p| p.revents != 0));
+    Ok(())
+}
+
+/// read(2) into `buf`; `Ok(0)` is end of file; `WouldBlock` when a non-blocking fd is empty.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether this user may execute `path` (the kernel's answer, including root's rules).
+pub fn can_execute(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
+/// Runs in the forked child before exec, so it may only make async-signal-safe calls on
+/// integers captured before the fork: no allocation, no locks.
+///
+/// Asks the kernel to SIGKILL the child when the thread that spawned it dies (that thread
+/// lives as long as its child, so in effect: when the supervisor dies), then closes the race
+/// where the supervisor died before the request was made.
+pub fn child_pre_exec(supervisor_pid: i32) -> io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe syscalls with integer arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != supervisor_pid {
+            libc::_exit(137);
+        }
+    }
+    Ok(())
+}
+
+/// Resident memory (bytes) and CPU time (seconds) of a process, from /proc.
+pub fn proc_usage(pid: i32) -> Option<(u64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // After ')': state is field 3 of the man page, so field N is fields[N - 3].
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(24 - 3)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let (tick, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    Some((rss_pages * page.max(1) as u64, (utime + stime) as f64 / tick.max(1) as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_signals() {
+        assert_eq!(ExitStatus::Signal(libc::SIGKILL).to_string(), "killed by SIGKILL");
+        assert_eq!(ExitStatus::Code(3).to_string(), "exited with status 3");
+        assert_eq!(signal_name(64), "signal 64");
+    }
+
+    #[test]
+    fn eventfd_wakes_poll() {
+        let e = EventFd::new().unwrap();
+        assert!(!e.clear());
+        e.wake();
+        let mut ready = Vec::new();
+        poll_readable(&[e.raw()], &mut ready).unwrap();
+        assert_eq!(ready, [true]);
+        assert!(e.clear());
+    }
+
+    #[test]
+    fn reads_own_usage() {
+        let (rss, cpu) = proc_usage(getpid()).unwrap();
+        assert!(rss > 0 && cpu >= 0.0);
+    }
+}

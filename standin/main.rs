@@ -1,0 +1,293 @@
+//! `finfocus-standin`: a stand-in for one regional `finfocus-plugin-aws-public` binary.
+//!
+//! It behaves like the real plugin (Go, finfocus pluginsdk) as far as the supervisor can see:
+//! reads `FINFOCUS_PLUGIN_PORT` (else `PORT`), listens on 127.0.0.1, prints `PORT=<port>` on
+//! stdout, writes zerolog-style JSON lines on stderr, serves `/healthz` and a realistic
+//! `/metrics`, and exits 0 on SIGTERM. It also reports every signal it receives, one JSON line
+//! each, so tests can see what reached it.
+//!
+//! Failure modes are chosen by environment variables. Each takes a plain value (every region)
+//! or a list of `region@value` (only those regions), e.g. `STANDIN_CRASH_AFTER=eu-west-1@2s`:
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `STANDIN_CRASH_AFTER=<dur>` | exit with `STANDIN_EXIT_CODE` (default 3) after the delay |
+//! | `STANDIN_START_DELAY=<dur>` | wait before listening (a slow start) |
+//! | `STANDIN_NEVER_READY=1` | `/healthz` answers 503 forever |
+//! | `STANDIN_UNHEALTHY_AFTER=<dur>` | `/healthz` answers 503 once the delay has passed |
+//! | `STANDIN_IGNORE_SIGTERM=1` | log SIGTERM/SIGINT and keep running |
+//! | `STANDIN_SPEW=<n>` | write n ~200-byte log lines (90% JSON, 10% plain) at once |
+//! | `STANDIN_TRICKY_LOGS=1` | write edge-case lines: invalid UTF-8, NUL, CRLF, a `region` key, a long line, no final newline |
+//! | `STANDIN_ORPHANS=<n>` | fork n grandchildren whose parent exits at once (zombies for PID 1) |
+//! | `STANDIN_NO_METRICS=1` | `/metrics` answers 404 |
+//! | `STANDIN_SERIES=<n>` | add n extra series to `/metrics` |
+//!
+//! Durations: `250ms`, `2s`, `1m` or whole seconds.
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::Signals;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--orphan-parent") => return orphan_parent(),
+        Some("--orphan-child") => return thread::sleep(Duration::from_millis(100)),
+        _ => {}
+    }
+    let region = std::env::var("REGION").unwrap_or_else(|_| "unknown".into());
+    let port: u16 =
+        match std::env::var("FINFOCUS_PLUGIN_PORT").or_else(|_| std::env::var("PORT")).map(|p| p.parse()) {
+            Ok(Ok(p)) => p,
+            _ => {
+                log("error", "FINFOCUS_PLUGIN_PORT (or PORT) must be a port number", "");
+                std::process::exit(2);
+            }
+        };
+    let mode = |name: &str| setting(name, &region);
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2]).expect("signal handlers");
+    let ignore_term = mode("STANDIN_IGNORE_SIGTERM").is_some_and(|v| v == "1" || v == "true");
+    thread::spawn(move || watch_signals(signals, ignore_term));
+
+    log(
+        "info",
+        "starting aws-public pricing plugin",
+        &format!(",\"plugin_region\":\"{region}\",\"port\":{port}"),
+    );
+    if let Some(d) = mode("STANDIN_START_DELAY").and_then(|v| duration(&v)) {
+        thread::sleep(d);
+    }
+    let server = match tiny_http::Server::http(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => {
+            log("error", &format!("cannot listen on 127.0.0.1:{port}: {e}"), "");
+            std::process::exit(1);
+        }
+    };
+    println!("PORT={port}");
+    let _ = std::io::stdout().flush();
+    log("info", "plugin listening", &format!(",\"addr\":\"127.0.0.1:{port}\""));
+
+    if let Some(d) = mode("STANDIN_CRASH_AFTER").and_then(|v| duration(&v)) {
+        let code: i32 = mode("STANDIN_EXIT_CODE").and_then(|v| v.parse().ok()).unwrap_or(3);
+        thread::spawn(move || {
+            thread::sleep(d);
+            log("error", "simulated crash", &format!(",\"exit_code\":{code}"));
+            std::process::exit(code);
+        });
+    }
+    if let Some(n) = mode("STANDIN_ORPHANS").and_then(|v| v.parse::<u32>().ok()) {
+        for _ in 0..n {
+            let me = std::env::current_exe().expect("own path");
+            if let Ok(mut child) = Command::new(me).arg("--orphan-parent").spawn() {
+                let _ = child.wait();
+            }
+        }
+        log("info", &format!("left {n} orphans behind"), "");
+    }
+    if mode("STANDIN_TRICKY_LOGS").is_some() {
+        tricky_logs(&region);
+    }
+    if let Some(n) = mode("STANDIN_SPEW").and_then(|v| v.parse::<u64>().ok()) {
+        spew(n);
+    }
+
+    let state = Arc::new(State {
+        started: Instant::now(),
+        never_ready: mode("STANDIN_NEVER_READY").is_some(),
+        unhealthy_after: mode("STANDIN_UNHEALTHY_AFTER").and_then(|v| duration(&v)),
+        no_metrics: mode("STANDIN_NO_METRICS").is_some(),
+        series: mode("STANDIN_SERIES").and_then(|v| v.parse().ok()).unwrap_or(0),
+        region,
+        health_requests: AtomicU64::new(0),
+        metrics_requests: AtomicU64::new(0),
+    });
+    for request in server.incoming_requests() {
+        let state = state.clone();
+        thread::spawn(move || serve(request, &state));
+    }
+}
+
+struct State {
+    started: Instant,
+    never_ready: bool,
+    unhealthy_after: Option<Duration>,
+    no_metrics: bool,
+    series: u32,
+    region: String,
+    health_requests: AtomicU64,
+    metrics_requests: AtomicU64,
+}
+
+fn serve(request: tiny_http::Request, state: &State) {
+    let (status, body) = match request.url() {
+        "/healthz" => {
+            state.health_requests.fetch_add(1, Ordering::Relaxed);
+            let sick =
+                state.never_ready || state.unhealthy_after.is_some_and(|d| state.started.elapsed() >= d);
+            if sick {
+                (503, "unhealthy\n".to_string())
+            } else {
+                (200, "ok\n".to_string())
+            }
+        }
+        "/metrics" if !state.no_metrics => {
+            state.metrics_requests.fetch_add(1, Ordering::Relaxed);
+            (200, metrics(state))
+        }
+        _ => (404, "404 page not found\n".to_string()),
+    };
+    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+}
+
+/// A Go-client-style exposition: counter, gauge with a `region` label, histogram.
+fn metrics(s: &State) -> String {
+    let health = s.health_requests.load(Ordering::Relaxed);
+    let scrapes = s.metrics_requests.load(Ordering::Relaxed);
+    let mut m = format!(
+        "# HELP finfocus_plugin_requests_total Requests served by the plugin.
+# TYPE finfocus_plugin_requests_total counter
+finfocus_plugin_requests_total{{code=\"200\",path=\"/healthz\"}} {health}
+finfocus_plugin_requests_total{{code=\"200\",path=\"/metrics\"}} {scrapes}
+# HELP finfocus_plugin_pricing_items Pricing items loaded for the region.
+# TYPE finfocus_plugin_pricing_items gauge
+finfocus_plugin_pricing_items{{region=\"{}\",service=\"ec2\"}} 48213
+finfocus_plugin_pricing_items{{region=\"{}\",service=\"rds\"}} 9120
+# HELP finfocus_plugin_request_duration_seconds Time to answer a pricing request.
+# TYPE finfocus_plugin_request_duration_seconds histogram
+finfocus_plugin_request_duration_seconds_bucket{{le=\"0.005\"}} 3
+finfocus_plugin_request_duration_seconds_bucket{{le=\"0.05\"}} 9
+finfocus_plugin_request_duration_seconds_bucket{{le=\"0.5\"}} 12
+finfocus_plugin_request_duration_seconds_bucket{{le=\"+Inf\"}} 12
+finfocus_plugin_request_duration_seconds_sum 0.731
+finfocus_plugin_request_duration_seconds_count 12
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds {:.2}
+",
+        s.region,
+        s.region,
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+            - s.started.elapsed().as_secs_f64()
+    );
+    if s.series > 0 {
+        m.push_str("# HELP finfocus_plugin_sku_price_usd Price of one SKU.\n# TYPE finfocus_plugin_sku_price_usd gauge\n");
+        for i in 0..s.series {
+            m.push_str(&format!(
+                "finfocus_plugin_sku_price_usd{{sku=\"SKU{i:06}\",unit=\"Hrs\"}} {}.{:03}\n",
+                i % 17,
+                i % 1000
+            ));
+        }
+    }
+    m
+}
+
+fn watch_signals(mut signals: Signals, ignore_term: bool) {
+    for sig in signals.forever() {
+        let name = match sig {
+            SIGTERM => "SIGTERM",
+            SIGINT => "SIGINT",
+            SIGQUIT => "SIGQUIT",
+            SIGHUP => "SIGHUP",
+            SIGUSR1 => "SIGUSR1",
+            _ => "SIGUSR2",
+        };
+        log("info", "signal received", &format!(",\"signal\":\"{name}\""));
+        if matches!(sig, SIGTERM | SIGINT | SIGQUIT) {
+            if ignore_term {
+                log("warn", "ignoring the stop signal", "");
+                continue;
+            }
+            log("info", "shutting down", "");
+            std::process::exit(0);
+        }
+    }
+}
+
+/// The process in the middle: starts a grandchild and exits at once, so the grandchild is
+/// re-parented to the nearest subreaper (the supervisor) and becomes its zombie to reap.
+fn orphan_parent() {
+    let me = std::env::current_exe().expect("own path");
+    let _ = Command::new(me).arg("--orphan-child").spawn();
+}
+
+fn tricky_logs(region: &str) {
+    let mut err = std::io::stderr().lock();
+    let long = "L".repeat(100_000);
+    let lines: Vec<Vec<u8>> = vec![
+        b"{}".to_vec(),
+        format!("{{\"level\":\"info\",\"region\":\"{region}\",\"message\":\"own region\"}}").into_bytes(),
+        b"{\"level\":\"info\",\"region\":\"eu-central-1\",\"message\":\"other region\"}".to_vec(),
+        b"plain \xff\xfe invalid utf-8".to_vec(),
+        b"nul \x00 byte".to_vec(),
+        b"crlf line\r".to_vec(),
+        b"  {\"spaced\": true}  ".to_vec(),
+        b"{\"broken\": ".to_vec(),
+        long.into_bytes(),
+        b"tricky done".to_vec(),
+    ];
+    for mut line in lines {
+        line.push(b'\n');
+        let _ = err.write_all(&line);
+    }
+    let _ = err.write_all(b"no final newline");
+    let _ = err.write_all(b"\n");
+}
+
+fn spew(n: u64) {
+    let mut err = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr().lock());
+    for i in 0..n {
+        if i % 10 == 9 {
+            let _ = writeln!(err, "plain progress line {i}: loaded pricing chunk for ec2 instance families m5 c5 r5 t3 with on-demand and reserved terms ok");
+        } else {
+            let _ = writeln!(
+                err,
+                "{{\"level\":\"debug\",\"plugin\":\"aws-public\",\"seq\":{i},\"service\":\"ec2\",\"sku\":\"JRTCKXETXF.{i:08}\",\"time\":\"2026-11-22T06:41:50Z\",\"message\":\"priced instance lookup served from embedded data\"}}"
+            );
+        }
+    }
+    let _ = err.flush();
+}
+
+/// A mode's value for `region`: a plain value, or the entry of a `region@value` list.
+fn setting(name: &str, region: &str) -> Option<String> {
+    let raw = std::env::var(name).ok().filter(|v| !v.is_empty())?;
+    if !raw.contains('@') {
+        return Some(raw);
+    }
+    raw.split(',').find_map(|entry| {
+        let (r, v) = entry.split_once('@')?;
+        (r.trim() == region).then(|| v.trim().to_string())
+    })
+}
+
+fn duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    match &s[split..] {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
+/// One zerolog-style line on stderr.
+fn log(level: &str, message: &str, extra: &str) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let line = format!(
+        "{{\"level\":\"{level}\",\"plugin\":\"aws-public\",\"ts\":{}.{:03}{extra},\"message\":{}}}\n",
+        now.as_secs(),
+        now.subsec_millis(),
+        serde_json::Value::from(message)
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
