@@ -684,3 +684,20 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::SETTINGS;
+
+    /// The README's configuration table must list every variable with its flag and default.
+    #[test]
+    fn readme_table_matches_settings() {
+        let readme = include_str!("../README.md");
+        for s in SETTINGS {
+            let row = readme.lines().find(|l| l.starts_with(&format!("| `{}` |", s.env)));
+            let row = row.unwrap_or_else(|| panic!("README has no row for {}", s.env));
+            assert!(row.contains(&format!("`{}`", s.flag)), "{row}");
+            assert!(row.contains(s.default), "{row}");
+        }
+    }
+}

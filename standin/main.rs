@@ -41,6 +41,11 @@ fn main() {
         Some("--orphan-child") => return thread::sleep(Duration::from_millis(100)),
         _ => {}
     }
+    // Before anything opens a descriptor: what did we inherit beyond stdin/stdout/stderr?
+    let inherited: Vec<i32> = (3..1024)
+        // SAFETY: F_GETFD only asks whether the descriptor number is open.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+        .collect();
     let region = std::env::var("REGION").unwrap_or_else(|_| "unknown".into());
     let port: u16 =
         match std::env::var("FINFOCUS_PLUGIN_PORT").or_else(|_| std::env::var("PORT")).map(|p| p.parse()) {
@@ -59,7 +64,7 @@ fn main() {
     log(
         "info",
         "starting aws-public pricing plugin",
-        &format!(",\"plugin_region\":\"{region}\",\"port\":{port}"),
+        &format!(",\"plugin_region\":\"{region}\",\"port\":{port},\"inherited_fds\":{inherited:?}"),
     );
     if let Some(d) = mode("STANDIN_START_DELAY").and_then(|v| duration(&v)) {
         thread::sleep(d);

@@ -1,0 +1,290 @@
+//! Test harness: runs the real `region-supervisor` binary over `finfocus-standin` children on
+//! ports of their own, collects its output, and ends only the processes it started, by pid.
+//!
+//! Every wait is bounded; every test gets a fresh block of ports below the kernel's ephemeral
+//! range, so tests can run in parallel.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_region-supervisor");
+pub const STANDIN: &str = env!("CARGO_BIN_EXE_finfocus-standin");
+
+/// Ports per test: 12 regions, the metrics port, and spares.
+const BLOCK: u16 = 16;
+static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
+
+/// A block of free ports: `base..base+12` for regions, `base+13` for metrics.
+pub struct Ports {
+    pub base: u16,
+}
+
+impl Ports {
+    pub fn new() -> Ports {
+        // Spread concurrent test binaries apart by pid; within one binary, by a counter.
+        let seed = (std::process::id() % 400) as u16;
+        for _ in 0..200 {
+            let n = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+            let base = 10_000 + ((seed * 7 + n) % 1_300) * BLOCK;
+            let free = (base..base + BLOCK).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+            if free {
+                return Ports { base };
+            }
+        }
+        panic!("no free block of {BLOCK} ports below 31000");
+    }
+
+    pub fn metrics(&self) -> u16 {
+        self.base + 13
+    }
+}
+
+pub struct Sup {
+    pub child: Option<Child>,
+    pub pid: i32,
+    pub ports: Ports,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    status: Option<ExitStatus>,
+}
+
+/// A supervisor command with test defaults: stand-in children, this test's ports, fast
+/// backoff. `env` entries override the defaults.
+pub fn command(ports: &Ports, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(SUPERVISOR);
+    cmd.env("SUPERVISOR_COMMAND", STANDIN)
+        .env("SUPERVISOR_PORT_BASE", ports.base.to_string())
+        .env("SUPERVISOR_METRICS_ADDR", format!("127.0.0.1:{}", ports.metrics()))
+        .env("SUPERVISOR_RESTART_BACKOFF", "100ms")
+        .env("SUPERVISOR_SHUTDOWN_GRACE", "2s")
+        .env_remove("TERMINATION_GRACE_SECONDS");
+    for key in ["STANDIN_CRASH_AFTER", "STANDIN_IGNORE_SIGTERM", "STANDIN_NEVER_READY", "STANDIN_ORPHANS"] {
+        cmd.env_remove(key);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Sup {
+    pub fn start(env: &[(&str, &str)]) -> Sup {
+        let ports = Ports::new();
+        let cmd = command(&ports, env);
+        Sup::spawn(cmd, ports)
+    }
+
+    pub fn spawn(mut cmd: Command, ports: Ports) -> Sup {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start region-supervisor");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut buf = Vec::new();
+            while r.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
+                sink.lock().unwrap().push(String::from_utf8_lossy(&buf).trim_end_matches('\n').to_string());
+                buf.clear();
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let esink = stderr.clone();
+        thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            esink.lock().unwrap().push_str(&s);
+        });
+        let pid = child.id() as i32;
+        Sup { child: Some(child), pid, ports, lines, stderr, status: None }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The supervisor's own events (JSON lines with `time` and `level`, no child fields).
+    pub fn events(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("time").is_some() && v.get("plugin").is_none())
+            .collect()
+    }
+
+    pub fn events_matching(&self, region: &str, message: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["region"] == region && e["message"].as_str().is_some_and(|m| m.contains(message)))
+            .collect()
+    }
+
+    /// Waits until `check` holds, at most `limit`; panics with the output otherwise.
+    pub fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Sup) -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if check(self) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {limit:?} waiting for {what}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.tail(60),
+            self.stderr()
+        );
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        self.wait_for("/healthz 200", limit, |s| s.get("/healthz").is_some_and(|(code, _)| code == 200));
+    }
+
+    /// GET on the supervisor's metrics port: (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.ports.metrics(), path)
+    }
+
+    /// The current pid of each region's child, from the last "started" event per region.
+    pub fn child_pids(&self) -> Vec<(String, i32)> {
+        let mut latest: Vec<(String, i32)> = Vec::new();
+        for e in self.events().iter().filter(|e| e["message"] == "started") {
+            let region = e["region"].as_str().unwrap().to_string();
+            let pid = e["pid"].as_i64().unwrap() as i32;
+            latest.retain(|(r, _)| *r != region);
+            latest.push((region, pid));
+        }
+        latest
+    }
+
+    /// Every child pid the supervisor ever started.
+    pub fn all_child_pids(&self) -> Vec<i32> {
+        self.events()
+            .iter()
+            .filter(|e| e["message"] == "started")
+            .map(|e| e["pid"].as_i64().unwrap() as i32)
+            .collect()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.pid, sig);
+    }
+
+    /// Waits for the supervisor to exit (at most `limit`) and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.status = Some(status);
+                // Let the reader threads catch the last lines.
+                thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if Instant::now() > deadline {
+                let out = self.tail(40);
+                panic!("supervisor still running after {limit:?}\n{out}\n--- stderr ---\n{}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if child.try_wait().ok().flatten().is_none() {
+                // A failed test must not leave its supervisor (and so its children) behind.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub fn send_signal(pid: i32, sig: i32) {
+    // SAFETY: kill with a pid this test started.
+    unsafe { libc::kill(pid, sig) };
+}
+
+pub fn exit_code(status: ExitStatus) -> Option<i32> {
+    status.code().or_else(|| status.signal().map(|s| 128 + s))
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()).is_some_and(|state| state != 'Z')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until none of `pids` is alive, at most `limit`.
+pub fn wait_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Children of `parent` (from /proc) with their state letter.
+pub fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            out.push((pid, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1, for tests only.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let code = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn require_root(test: &str) {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("{test} needs root (namespaces / setpriv); run the suite as root, as CI does");
+    }
+}
