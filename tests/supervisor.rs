@@ -479,3 +479,47 @@ const REGIONS: [&str; 12] = [
     "us-gov-east-1",
     "us-west-1",
 ];
+
+/// Races spawn-and-register against the reaper: every region restarts a child that exits at
+/// once, as fast as it can, while those children also leave orphans for the same `waitpid(-1)`.
+/// Every start must be matched by exactly one exit with the child's own status.
+/// `STRESS_SECS` sets how long it runs (default 2).
+#[test]
+fn stress_every_exit_status_reaches_its_region() {
+    let secs: u64 = std::env::var("STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let mut sup = Sup::start(&[
+        ("SUPERVISOR_REGIONS", "us-east-1,us-west-2,eu-west-1,ap-southeast-1,ap-southeast-2,ap-northeast-1"),
+        ("STANDIN_CRASH_AFTER", "0ms"),
+        ("STANDIN_ORPHANS", "1"),
+        ("SUPERVISOR_MAX_RESTARTS", "100000000"),
+        ("SUPERVISOR_RESTART_BACKOFF", "0"),
+        ("SUPERVISOR_METRICS_ADDR", "off"),
+    ]);
+    std::thread::sleep(Duration::from_secs(secs));
+    sup.signal(libc::SIGTERM);
+    assert_eq!(exit_code(sup.wait_exit(EXIT)), Some(0), "{}", sup.tail(20));
+    let events = sup.events();
+    let stop_at = events
+        .iter()
+        .position(|e| e["message"].as_str().unwrap().starts_with("stopping all regions"))
+        .unwrap();
+    let started = events.iter().filter(|e| e["message"] == "started").count();
+    let exits: Vec<(usize, &serde_json::Value)> =
+        events.iter().enumerate().filter(|(_, e)| e.get("status").is_some()).collect();
+    assert!(started > 100, "only {started} starts in {secs}s");
+    assert_eq!(started, exits.len(), "every start is matched by exactly one exit");
+    for (i, e) in &exits {
+        // The stand-in "crashes" with 3, or exits 1 when its port is still held by the dying
+        // group of its predecessor (backoff 0 is that fast). The orphans exit 0: a 0 before
+        // the stop would be an orphan's status given to a region. Only a child caught by the
+        // stop may end otherwise (0 on SIGTERM, or killed by it before its handler is set).
+        let crashed = e["message"] == "exited with status 3" || e["message"] == "exited with status 1";
+        let ok = crashed
+            || (*i > stop_at
+                && (e["message"] == "killed by SIGTERM" || e["message"] == "exited with status 0"));
+        assert!(ok, "an exit status was confused: {e}");
+    }
+    let stopped = events.iter().find(|e| e["message"] == "stopped").unwrap();
+    assert_eq!(stopped["events_dropped"], 0, "the check above needs every event");
+    assert!(stopped["orphans_reaped"].as_u64().unwrap() > 0, "{stopped}");
+}
