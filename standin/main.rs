@@ -16,7 +16,8 @@
 //! | `STANDIN_NEVER_READY=1` | `/healthz` answers 503 forever |
 //! | `STANDIN_UNHEALTHY_AFTER=<dur>` | `/healthz` answers 503 once the delay has passed |
 //! | `STANDIN_IGNORE_SIGTERM=1` | log SIGTERM/SIGINT and keep running |
-//! | `STANDIN_SPEW=<n>` | write n ~200-byte log lines (90% JSON, 10% plain) at once |
+//! | `STANDIN_SPEW=<n>` | write n ~200-byte log lines (90% JSON, 10% plain) to stderr at once |
+//! | `STANDIN_REPLAY=<file>` | copy the file to stdout once (benchmarks) |
 //! | `STANDIN_TRICKY_LOGS=1` | write edge-case lines: invalid UTF-8, NUL, CRLF, a `region` key, a long line, no final newline |
 //! | `STANDIN_ORPHANS=<n>` | fork n grandchildren whose parent exits at once (zombies for PID 1) |
 //! | `STANDIN_NO_METRICS=1` | `/metrics` answers 404 |
@@ -100,9 +101,17 @@ fn main() {
     if mode("STANDIN_TRICKY_LOGS").is_some() {
         tricky_logs(&region);
     }
-    if let Some(n) = mode("STANDIN_SPEW").and_then(|v| v.parse::<u64>().ok()) {
-        spew(n);
-    }
+    // Bulk output runs beside the HTTP server, so the plugin is ready while it writes.
+    let spew_lines = mode("STANDIN_SPEW").and_then(|v| v.parse::<u64>().ok());
+    let replay = mode("STANDIN_REPLAY");
+    thread::spawn(move || {
+        if let Some(n) = spew_lines {
+            spew(n);
+        }
+        if let Some(path) = replay {
+            replay_file(&path);
+        }
+    });
 
     let state = Arc::new(State {
         started: Instant::now(),
@@ -260,6 +269,15 @@ fn spew(n: u64) {
         }
     }
     let _ = err.flush();
+}
+
+fn replay_file(path: &str) {
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            let _ = std::io::copy(&mut f, &mut std::io::stdout().lock());
+        }
+        Err(e) => log("error", &format!("cannot replay {path}: {e}"), ""),
+    }
 }
 
 /// A mode's value for `region`: a plain value, or the entry of a `region@value` list.
