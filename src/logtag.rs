@@ -29,8 +29,11 @@ pub struct Tagger {
     max_line: usize,
     /// The start of a line whose newline has not arrived yet; never longer than `max_line`.
     pending: Vec<u8>,
-    tail: Vec<Vec<u8>>,
-    tail_next: usize,
+    tail: Tail,
+    /// The JSON scanner's container stack, kept to avoid an allocation per line.
+    stack: Vec<u8>,
+    /// `"time":"…"` for `json` format: one timestamp per read, not per line.
+    now: String,
     /// Lines (and pieces) emitted so far.
     pub lines: u64,
 }
@@ -42,31 +45,41 @@ impl Tagger {
             format,
             max_line: max_line.max(4),
             pending: Vec::new(),
-            tail: Vec::new(),
-            tail_next: 0,
+            tail: Tail::default(),
+            stack: Vec::new(),
+            now: String::new(),
             lines: 0,
         }
     }
 
     /// Tags every complete line of `data` into `out`; keeps an unfinished last line pending.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
-        while !data.is_empty() {
-            match data.iter().position(|&b| b == b'\n') {
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.format == LogFormat::Json {
+            self.now = rfc3339(SystemTime::now());
+        }
+        self.tail.begin(data);
+        let mut rest = data;
+        while !rest.is_empty() {
+            match memchr::memchr(b'\n', rest) {
                 Some(i) => {
-                    self.segment(&data[..i], true, out);
-                    data = &data[i + 1..];
+                    self.segment(&rest[..i], true, out);
+                    rest = &rest[i + 1..];
                 }
                 None => {
-                    self.segment(data, false, out);
-                    data = &[];
+                    self.segment(rest, false, out);
+                    rest = &[];
                 }
             }
         }
+        self.tail.end(data);
     }
 
     /// The output ended: a last line without newline is still a line.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
+            if self.format == LogFormat::Json {
+                self.now = rfc3339(SystemTime::now());
+            }
             let line = std::mem::take(&mut self.pending);
             self.emit(&line, out);
             self.pending = line;
@@ -76,11 +89,7 @@ impl Tagger {
 
     /// The last lines, oldest first, for a report.
     pub fn tail(&self) -> Vec<String> {
-        let n = self.tail.len();
-        (0..n)
-            .map(|i| &self.tail[(self.tail_next + i) % n])
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect()
+        self.tail.lines()
     }
 
     /// A run of bytes without newline; `terminated` if a newline followed it.
@@ -121,9 +130,9 @@ impl Tagger {
     fn emit(&mut self, line: &[u8], out: &mut Vec<u8>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         self.lines += 1;
-        self.remember(line);
+        self.tail.remember(line);
         let trimmed = line.trim_ascii();
-        if trimmed.first() == Some(&b'{') && inject_region(trimmed, self.region, out) {
+        if trimmed.first() == Some(&b'{') && inject_region(trimmed, self.region, &mut self.stack, out) {
             return;
         }
         match self.format {
@@ -138,24 +147,72 @@ impl Tagger {
                 out.extend_from_slice(b"{\"region\":\"");
                 out.extend_from_slice(self.region.as_bytes());
                 out.extend_from_slice(b"\",\"time\":\"");
-                out.extend_from_slice(rfc3339(SystemTime::now()).as_bytes());
+                out.extend_from_slice(self.now.as_bytes());
                 out.extend_from_slice(b"\",\"level\":\"info\",\"message\":");
                 json_string(line, out);
                 out.extend_from_slice(b"}\n");
             }
         }
     }
+}
+
+/// The last `TAIL_LINES` lines. A line that lies inside the current read is remembered as a
+/// position and copied only when the read is done, so a read of hundreds of lines copies ten.
+#[derive(Default)]
+struct Tail {
+    slots: Vec<Slot>,
+    next: usize,
+    /// Address range of the read being fed (positions only, never dereferenced).
+    data: (usize, usize),
+}
+
+#[derive(Default)]
+struct Slot {
+    copied: Vec<u8>,
+    /// Offsets into the current read, not copied yet.
+    within: Option<(usize, usize)>,
+}
+
+impl Tail {
+    fn begin(&mut self, data: &[u8]) {
+        let start = data.as_ptr() as usize;
+        self.data = (start, start + data.len());
+    }
 
     fn remember(&mut self, line: &[u8]) {
         let line = &line[..line.len().min(TAIL_LINE_MAX)];
-        if self.tail.len() < TAIL_LINES {
-            self.tail.push(line.to_vec());
-            return;
+        if self.slots.len() < TAIL_LINES {
+            self.slots.push(Slot::default());
         }
-        let slot = &mut self.tail[self.tail_next];
-        slot.clear();
-        slot.extend_from_slice(line);
-        self.tail_next = (self.tail_next + 1) % TAIL_LINES;
+        let at = line.as_ptr() as usize;
+        let slot = &mut self.slots[self.next];
+        self.next = (self.next + 1) % TAIL_LINES;
+        if at >= self.data.0 && at + line.len() <= self.data.1 {
+            slot.within = Some((at - self.data.0, at - self.data.0 + line.len()));
+        } else {
+            slot.within = None;
+            slot.copied.clear();
+            slot.copied.extend_from_slice(line);
+        }
+    }
+
+    /// The read is over: copy what still points into it.
+    fn end(&mut self, data: &[u8]) {
+        for slot in &mut self.slots {
+            if let Some((a, b)) = slot.within.take() {
+                slot.copied.clear();
+                slot.copied.extend_from_slice(&data[a..b]);
+            }
+        }
+        self.data = (0, 0);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let n = self.slots.len();
+        (0..n)
+            .map(|i| &self.slots[(self.next + i) % n].copied)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
     }
 }
 
@@ -213,20 +270,23 @@ pub fn json_string(s: &[u8], out: &mut Vec<u8>) {
 
 /// If `obj` (trimmed, starting with '{') is exactly one valid JSON object, writes it with the
 /// `region` member first and returns true; otherwise writes nothing and returns false.
-fn inject_region(obj: &[u8], region: &str, out: &mut Vec<u8>) -> bool {
-    let Some(members) = json::object_members(obj) else { return false };
+fn inject_region(obj: &[u8], region: &str, stack: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+    let Some(has_region) = json::scan_object(obj, stack, None) else { return false };
     out.extend_from_slice(b"{\"region\":\"");
     out.extend_from_slice(region.as_bytes());
     out.push(b'"');
-    let own: Vec<&json::Member> = members.iter().filter(|m| m.is_region).collect();
-    if own.is_empty() {
+    let inside = &obj[1..obj.len() - 1];
+    if !has_region {
         // The common case: copy the inside of the object verbatim.
-        let inside = &obj[1..obj.len() - 1];
         if !inside.trim_ascii().is_empty() {
             out.push(b',');
             out.extend_from_slice(inside);
         }
     } else {
+        // Rare: the child has its own `region`. Walk the members once more, keeping each
+        // byte for byte, dropping an equal `region` and renaming a different one.
+        let mut members = Vec::new();
+        json::scan_object(obj, stack, Some(&mut members));
         for m in &members {
             if m.is_region && json::string_equals(&obj[m.value.clone()], region) {
                 continue; // the same region: keep one `region` member, ours
@@ -244,8 +304,9 @@ fn inject_region(obj: &[u8], region: &str, out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// A strict, allocation-light JSON validator that also reports the top-level members of an
-/// object. Iterative (an explicit stack), so no input can overflow the thread's stack.
+/// A strict JSON validator that also finds the top-level `region` member of an object.
+/// Iterative (an explicit stack), so no input can overflow the thread's stack; allocation-free
+/// on the common path (the stack is the caller's, reused).
 mod json {
     use std::ops::Range;
 
@@ -255,11 +316,45 @@ mod json {
         pub is_region: bool,
     }
 
-    /// The members of `s` if `s` is exactly one JSON object (no trailing bytes).
-    pub fn object_members(s: &[u8]) -> Option<Vec<Member>> {
-        std::str::from_utf8(s).ok()?;
+    /// Bytes that end the fast run inside a string: quote, backslash, control characters.
+    static STOP: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 0x20 {
+            t[i] = true;
+            i += 1;
+        }
+        t[b'"' as usize] = true;
+        t[b'\\' as usize] = true;
+        t
+    };
+
+    /// Index of the first quote, backslash or control character in `s`. Eight bytes at a time
+    /// (SWAR): a mask bit marks a byte that is below 0x20, or equal to `"` or `\\`. Each test
+    /// can also flag bytes *above* a true hit (borrows propagate upwards), never below one, so
+    /// the lowest marked byte is exact.
+    fn stop_index(s: &[u8]) -> Option<usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let below = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGH;
+        let equal = |x: u64, b: u8| below(x ^ (ONES * b as u64), 1);
+        let mut i = 0;
+        while let Some(word) = s.get(i..i + 8) {
+            let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            let hits = below(x, 0x20) | equal(x, b'"') | equal(x, b'\\');
+            if hits != 0 {
+                return Some(i + (hits.trailing_zeros() / 8) as usize);
+            }
+            i += 8;
+        }
+        s[i..].iter().position(|&b| STOP[b as usize]).map(|p| i + p)
+    }
+
+    /// If `s` is exactly one JSON object (no trailing bytes): whether it has a top-level
+    /// `region` member. With `members`, also lists every top-level member.
+    pub fn scan_object(s: &[u8], stack: &mut Vec<u8>, mut members: Option<&mut Vec<Member>>) -> Option<bool> {
         let mut p = Scanner { s, i: 0 };
-        let mut members = Vec::new();
+        let mut has_region = false;
         p.expect(b'{')?;
         p.ws();
         if p.peek() == Some(b'}') {
@@ -268,15 +363,22 @@ mod json {
             loop {
                 p.ws();
                 let key_start = p.i;
-                p.string()?;
+                let escaped = p.string()?;
                 let key = key_start..p.i;
+                let is_region = if escaped {
+                    string_equals(&s[key.clone()], "region")
+                } else {
+                    &s[key.clone()] == b"\"region\""
+                };
+                has_region |= is_region;
                 p.ws();
                 p.expect(b':')?;
                 p.ws();
                 let value_start = p.i;
-                p.value()?;
-                let is_region = string_equals(&s[key.clone()], "region");
-                members.push(Member { key, value: value_start..p.i, is_region });
+                p.value(stack)?;
+                if let Some(m) = members.as_deref_mut() {
+                    m.push(Member { key, value: value_start..p.i, is_region });
+                }
                 p.ws();
                 match p.next()? {
                     b',' => continue,
@@ -285,7 +387,12 @@ mod json {
                 }
             }
         }
-        (p.i == s.len()).then_some(members)
+        (p.i == s.len()).then_some(has_region)
+    }
+
+    #[cfg(test)]
+    pub fn stop_index_for_tests(s: &[u8]) -> Option<usize> {
+        stop_index(s)
     }
 
     /// Whether the JSON text `raw` is a string equal to `want`.
@@ -325,24 +432,36 @@ mod json {
             }
         }
 
-        fn string(&mut self) -> Option<()> {
+        /// A string; returns whether it had escapes.
+        fn string(&mut self) -> Option<bool> {
             self.expect(b'"')?;
+            let start = self.i;
+            let mut escaped = false;
             loop {
+                // Fast run over ordinary bytes.
+                self.i += stop_index(&self.s[self.i..])?;
                 match self.next()? {
-                    b'"' => return Some(()),
-                    b'\\' => match self.next()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                        b'u' => {
-                            for _ in 0..4 {
-                                if !self.next()?.is_ascii_hexdigit() {
-                                    return None;
+                    // Outside strings any non-ASCII byte is a syntax error, so UTF-8 needs
+                    // checking only here, and only for strings that are not pure ASCII.
+                    b'"' => {
+                        let body = &self.s[start..self.i - 1];
+                        return (body.is_ascii() || std::str::from_utf8(body).is_ok()).then_some(escaped);
+                    }
+                    b'\\' => {
+                        escaped = true;
+                        match self.next()? {
+                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                            b'u' => {
+                                for _ in 0..4 {
+                                    if !self.next()?.is_ascii_hexdigit() {
+                                        return None;
+                                    }
                                 }
                             }
+                            _ => return None,
                         }
-                        _ => return None,
-                    },
-                    0..=0x1F => return None,
-                    _ => {}
+                    }
+                    _ => return None, // a raw control character
                 }
             }
         }
@@ -386,8 +505,8 @@ mod json {
         }
 
         /// One value of any kind; containers are walked with an explicit stack.
-        fn value(&mut self) -> Option<()> {
-            let mut stack: Vec<u8> = Vec::new(); // b'}' or b']': what closes each open container
+        fn value(&mut self, stack: &mut Vec<u8>) -> Option<()> {
+            stack.clear(); // b'}' or b']': what closes each open container
             loop {
                 self.ws();
                 // A value is expected here.
@@ -413,7 +532,9 @@ mod json {
                             continue;
                         }
                     }
-                    b'"' => self.string()?,
+                    b'"' => {
+                        self.string()?;
+                    }
                     b't' => self.literal(b"true")?,
                     b'f' => self.literal(b"false")?,
                     b'n' => self.literal(b"null")?,
@@ -494,6 +615,26 @@ mod tests {
             assert_eq!(inject(line), format!("[us-east-1] {line}\n"), "{line}");
         }
         assert_eq!(inject("{\"a\":\"\t\"}"), "[us-east-1] {\"a\":\"\t\"}\n");
+    }
+
+    #[test]
+    fn stop_index_finds_the_first_special_byte() {
+        let specials = [b'"', b'\\', 0x00, 0x1F, b'\n'];
+        for len in 0..40 {
+            for at in 0..len {
+                for &sp in &specials {
+                    let mut v: Vec<u8> =
+                        (0..len).map(|i| [b'a', 0x7F, 0x80, 0xFF, b' ', 0x21][i % 6]).collect();
+                    v[at] = sp;
+                    if at + 1 < len {
+                        v[at + 1] = b'"';
+                    }
+                    assert_eq!(json::stop_index_for_tests(&v), Some(at), "{v:?}");
+                }
+            }
+            let plain: Vec<u8> = (0..len).map(|i| [b'a', 0xC3, 0xA9, 0x7F][i % 4]).collect();
+            assert_eq!(json::stop_index_for_tests(&plain), None);
+        }
     }
 
     #[test]

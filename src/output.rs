@@ -8,7 +8,7 @@
 //! dropped and counted. A stdout that is gone (EPIPE) loses lines too, and counts them.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +21,8 @@ use serde_json::Value;
 
 /// Batches the queue holds before senders wait. With read-sized batches (at most
 /// `logtag::READ_SIZE` of input each) this bounds the memory stdout can pin.
-const QUEUE_BATCHES: usize = 64;
-/// The writer gathers queued batches into one write of at most about this much.
+const QUEUE_BATCHES: usize = 16;
+/// The writer gathers queued batches into one `writev` of at most about this much.
 const WRITE_CHUNK: usize = 256 * 1024;
 
 pub enum Batch {
@@ -78,26 +78,28 @@ fn writer(rx: Receiver<Batch>) {
     // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
     let mut stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
     let lost = &OUTPUT.get().expect("set before the thread starts").lines_lost;
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    let mut batches: Vec<Vec<u8>> = Vec::new();
     let mut replies = Vec::new();
     let mut broken = false;
     while let Ok(first) = rx.recv() {
-        let mut lines = 0;
+        // Gather what is queued (up to a chunk) and write it with one writev: no copying.
+        let (mut lines, mut size) = (0, 0);
         let mut next = Some(first);
         while let Some(batch) = next.take() {
             match batch {
                 Batch::Lines { bytes, lines: n } => {
-                    buf.extend_from_slice(&bytes);
+                    size += bytes.len();
                     lines += n;
+                    batches.push(bytes);
                 }
                 Batch::Flush(reply) => replies.push(reply),
             }
-            if buf.len() < WRITE_CHUNK {
+            if size < WRITE_CHUNK {
                 next = rx.try_recv().ok();
             }
         }
-        if !broken && !buf.is_empty() {
-            if let Err(e) = stdout.write_all(&buf) {
+        if !broken && size > 0 {
+            if let Err(e) = write_all_vectored(&mut stdout, &batches) {
                 // Typically EPIPE (Rust ignores SIGPIPE): nobody reads our stdout any more.
                 // Keep draining so no region blocks forever, and count what is lost.
                 broken = true;
@@ -107,14 +109,25 @@ fn writer(rx: Receiver<Batch>) {
         if broken {
             lost.fetch_add(lines, Ordering::Relaxed);
         }
-        buf.clear();
-        if buf.capacity() > 4 * WRITE_CHUNK {
-            buf.shrink_to(WRITE_CHUNK);
-        }
+        batches.clear();
         for reply in replies.drain(..) {
             let _ = reply.send(());
         }
     }
+}
+
+fn write_all_vectored(out: &mut File, batches: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice> = batches.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Logs one supervisor event as a JSON line: time, level, region (when about one), message,

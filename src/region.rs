@@ -28,6 +28,8 @@ use crate::sys::{self, EventFd, ExitStatus};
 
 /// Bytes read from a child's pipe at a time.
 pub const READ_SIZE: usize = 64 * 1024;
+/// Tagged output of one read: the input plus tags (a `[region] ` prefix per short line).
+const OUT_CAPACITY: usize = READ_SIZE + READ_SIZE / 4;
 
 pub enum Msg {
     Spawn {
@@ -85,8 +87,9 @@ pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
         mailbox: mailbox.clone(),
         tagger,
         child: None,
-        out: Vec::new(),
+        out: Vec::with_capacity(OUT_CAPACITY),
         deferred: Vec::new(),
+        delivered: 0,
     };
     let handle = std::thread::Builder::new().name(name).spawn(move || region.run())?;
     Ok((mailbox, handle))
@@ -108,6 +111,8 @@ struct Region {
     out: Vec<u8>,
     /// Messages that arrived while waiting for stdout.
     deferred: Vec<Msg>,
+    /// `tagger.lines` at the last hand-over.
+    delivered: u64,
 }
 
 impl Region {
@@ -232,8 +237,11 @@ impl Region {
         if self.out.is_empty() {
             return;
         }
-        let lines = self.out.iter().filter(|&&b| b == b'\n').count() as u64;
-        let batch = Batch::Lines { bytes: std::mem::take(&mut self.out), lines };
+        let lines = self.tagger.lines - self.delivered;
+        self.delivered = self.tagger.lines;
+        // Hand the buffer over and start a fresh one at full size (no regrowth per read).
+        let bytes = std::mem::replace(&mut self.out, Vec::with_capacity(OUT_CAPACITY));
+        let batch = Batch::Lines { bytes, lines };
         let Some(tx) = output::sender() else { return };
         let stats = self.setup.stats.clone();
         loop {

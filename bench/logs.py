@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Log-tagging throughput: the supervisor against `cat` and a bash tagging loop, in one run.
+
+Each child replays the same file of ~200-byte zerolog-style lines (90% JSON, 10% plain) to its
+stdout (`finfocus-standin` with STANDIN_REPLAY, which copies like cat). The harness reads the
+supervisor's stdout through a pipe and stops the clock when every replay's end marker has come
+through. Baselines move the same bytes: `cat` into the same reader (the physical limit of a
+pipe), and `while IFS= read -r line; do printf ...` in bash (the entrypoint this replaces).
+
+Usage: bench/logs.py [--lines N] [--write BENCHMARKS.md]
+Writes its table between the `logs` markers of BENCHMARKS.md when --write is given.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUP = os.path.join(ROOT, "target/release/region-supervisor")
+STANDIN = os.path.join(ROOT, "target/release/finfocus-standin")
+REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1", "ap-southeast-2", "ap-northeast-1",
+           "ap-south-1", "ca-central-1", "sa-east-1", "us-gov-west-1", "us-gov-east-1", "us-west-1"]
+MARKER = b"BENCH-END-OF-REPLAY"
+
+
+def make_data(path, lines):
+    with open(path, "wb") as f:
+        for i in range(lines - 1):
+            if i % 10 == 9:
+                line = b"plain progress line %d: loaded pricing chunk for ec2 instance families m5 c5 r5 t3 with on-demand terms ok\n" % i
+            else:
+                line = (b'{"level":"info","plugin":"aws-public","seq":%d,"service":"ec2","sku":"JRTCKXETXF.%08d",'
+                        b'"time":"2026-11-22T06:41:50Z","message":"priced instance lookup served from embedded data"}\n' % (i, i))
+            f.write(line)
+        f.write(MARKER + b"\n")
+    return os.path.getsize(path)
+
+
+def drain(fd, markers, on_tick=None):
+    """Reads fd until `markers` end markers were seen; returns the bytes read.
+
+    Kept as cheap as possible (no line counting) so the reader is never the bottleneck."""
+    seen = total = 0
+    tail = b""
+    k = len(MARKER)
+    while seen < markers:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        total += len(chunk)
+        seen += chunk.count(MARKER) + (tail + chunk[:k - 1]).count(MARKER)
+        tail = chunk[-(k - 1):]
+        if on_tick:
+            on_tick()
+    return total
+
+
+def run_cat(data, copies):
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["cat"] + [data] * copies, stdout=subprocess.PIPE)
+    drain(proc.stdout.fileno(), copies)
+    secs = time.perf_counter() - t0
+    proc.wait()
+    return secs
+
+
+def run_bash(data):
+    script = 'while IFS= read -r line; do printf "[us-east-1] %s\\n" "$line"; done < "$1"'
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["bash", "-c", script, "bash", data], stdout=subprocess.PIPE)
+    drain(proc.stdout.fileno(), 1)
+    secs = time.perf_counter() - t0
+    proc.wait()
+    return secs
+
+
+def peak_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_supervisor(data, regions, port_base):
+    env = dict(os.environ)
+    env.update({
+        "SUPERVISOR_COMMAND": STANDIN,
+        "SUPERVISOR_REGIONS": ",".join(REGIONS[:regions]),
+        "SUPERVISOR_PORT_BASE": str(port_base),
+        "SUPERVISOR_METRICS_ADDR": "off",
+        "STANDIN_REPLAY": data,
+    })
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([SUP], stdout=subprocess.PIPE, env=env)
+    peak = [0]
+
+    def sample():
+        peak[0] = max(peak[0], peak_rss(proc.pid))
+
+    drain(proc.stdout.fileno(), regions, sample)
+    secs = time.perf_counter() - t0
+    peak[0] = max(peak[0], peak_rss(proc.pid))
+    proc.send_signal(signal.SIGTERM)
+    # Keep reading so the supervisor can flush its last lines and exit.
+    while os.read(proc.stdout.fileno(), 1 << 20):
+        pass
+    code = proc.wait(timeout=15)
+    if code != 0:
+        sys.exit(f"supervisor exited {code}")
+    return secs, peak[0]
+
+
+def rate(lines, size, secs):
+    """Input lines and bytes per second (the same input volume for every row)."""
+    return f"{lines / secs / 1e6:.2f} M", f"{size / secs / 1e6:.0f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--bash-lines", type=int, default=50_000)
+    ap.add_argument("--port-base", type=int, default=21001)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the median time is reported")
+    ap.add_argument("--write", metavar="BENCHMARKS.md")
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+
+    tmp = tempfile.mkdtemp(prefix="rs-bench-")
+    data = os.path.join(tmp, "lines.log")
+    size = make_data(data, args.lines)
+    small = os.path.join(tmp, "small.log")
+    make_data(small, args.bash_lines)
+
+    n, small_size = args.lines, os.path.getsize(small)
+
+    def median(runs):
+        return sorted(runs)[len(runs) // 2]
+
+    def sup_runs(regions):
+        runs = [run_supervisor(data, regions, args.port_base) for _ in range(args.repeat)]
+        return median([r[0] for r in runs]), max(r[1] for r in runs)
+
+    rows = []
+    cat1 = median([run_cat(data, 1) for _ in range(args.repeat)])
+    rows.append(("cat, 1 stream", *rate(n, size, cat1), "1.00", "-"))
+    sup1, rss1 = sup_runs(1)
+    rows.append(("region-supervisor, 1 region", *rate(n, size, sup1), f"{cat1 / sup1:.2f}", f"{rss1 / 2**20:.1f} MiB"))
+    cat12 = median([run_cat(data, 12) for _ in range(args.repeat)])
+    rows.append(("cat, 12 streams in a row", *rate(12 * n, 12 * size, cat12), "1.00", "-"))
+    sup12, rss12 = sup_runs(12)
+    rows.append(("region-supervisor, 12 regions at once", *rate(12 * n, 12 * size, sup12), f"{cat12 / sup12:.2f}",
+                 f"{rss12 / 2**20:.1f} MiB"))
+    bash = run_bash(small)
+    cat_rate = size / cat1
+    rows.append((f"bash while-read loop ({args.bash_lines} lines)", *rate(args.bash_lines, small_size, bash),
+                 f"{small_size / bash / cat_rate:.3f}", "-"))
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    head = (f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; "
+            f"{datetime.date.today().isoformat()}. Input: {args.lines} lines, {size / 1e6:.0f} MB per stream "
+            f"(~{size // args.lines} bytes a line, 90% JSON). Median of {args.repeat} runs per row. "
+            f"Ratio: bytes/s against `cat` of the same bytes. RSS: the supervisor's peak (VmHWM), highest of the runs.")
+    table = ["| what | lines/s | MB/s in | ratio to cat | peak RSS |", "|---|---|---|---|---|"]
+    table += [f"| {' | '.join(r)} |" for r in rows]
+    text = head + "\n\n" + "\n".join(table) + "\n"
+    print(text)
+    if args.write:
+        write_section(args.write, "logs", "Log tagging throughput (`bench/logs.py`)", text)
+
+
+def write_section(path, name, title, text):
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n## {title}\n\n{text}{end}"
+    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n\nEach section is rewritten by its script.\n"
+    if begin in old:
+        new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
+
+if __name__ == "__main__":
+    main()
