@@ -43,19 +43,19 @@ def make_data(path, lines):
     return os.path.getsize(path)
 
 
-def drain(fd, markers, on_tick=None):
+def drain(fd, markers, on_tick=None, marker=MARKER):
     """Reads fd until `markers` end markers were seen; returns the bytes read.
 
     Kept as cheap as possible (no line counting) so the reader is never the bottleneck."""
     seen = total = 0
     tail = b""
-    k = len(MARKER)
+    k = len(marker)
     while seen < markers:
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             break
         total += len(chunk)
-        seen += chunk.count(MARKER) + (tail + chunk[:k - 1]).count(MARKER)
+        seen += chunk.count(marker) + (tail + chunk[:k - 1]).count(marker)
         tail = chunk[-(k - 1):]
         if on_tick:
             on_tick()
@@ -89,15 +89,18 @@ def peak_rss(pid):
     return 0
 
 
-def run_supervisor(data, regions, port_base):
+def run_supervisor(data, regions, port_base, long_line=0):
     env = dict(os.environ)
     env.update({
         "SUPERVISOR_COMMAND": STANDIN,
         "SUPERVISOR_REGIONS": ",".join(REGIONS[:regions]),
         "SUPERVISOR_PORT_BASE": str(port_base),
         "SUPERVISOR_METRICS_ADDR": "off",
-        "STANDIN_REPLAY": data,
     })
+    if long_line:
+        env["STANDIN_LONG_LINE"] = str(long_line)
+    else:
+        env["STANDIN_REPLAY"] = data
     t0 = time.perf_counter()
     proc = subprocess.Popen([SUP], stdout=subprocess.PIPE, env=env)
     peak = [0]
@@ -105,7 +108,7 @@ def run_supervisor(data, regions, port_base):
     def sample():
         peak[0] = max(peak[0], peak_rss(proc.pid))
 
-    drain(proc.stdout.fileno(), regions, sample)
+    drain(proc.stdout.fileno(), regions, sample, b"after long line" if long_line else MARKER)
     secs = time.perf_counter() - t0
     peak[0] = max(peak[0], peak_rss(proc.pid))
     proc.send_signal(signal.SIGTERM)
@@ -158,6 +161,9 @@ def main():
     sup12, rss12 = sup_runs(12)
     rows.append(("region-supervisor, 12 regions at once", *rate(12 * n, 12 * size, sup12), f"{cat12 / sup12:.2f}",
                  f"{rss12 / 2**20:.1f} MiB"))
+    huge, rss_huge = run_supervisor(data, 1, args.port_base, long_line=1 << 30)
+    rows.append(("region-supervisor, one 1 GiB line without newline", "-", f"{(1 << 30) / huge / 1e6:.0f}", "-",
+                 f"{rss_huge / 2**20:.1f} MiB"))
     bash = run_bash(small)
     cat_rate = size / cat1
     rows.append((f"bash while-read loop ({args.bash_lines} lines)", *rate(args.bash_lines, small_size, bash),

@@ -1,39 +1,50 @@
 //! The supervisor's stdout: one writer thread owns fd 1; everybody else sends it whole lines.
 //!
 //! Because only this thread writes, and it writes whole batches of whole lines, lines of
-//! different regions can never interleave. The queue is bounded: when stdout is slow or
-//! blocked, a region thread waits to hand over its batch (which in turn blocks only that
-//! region's own pipe, and the thread still answers its mailbox meanwhile), while the
-//! supervisor's own events are never allowed to block it: when the queue is full they are
-//! dropped and counted. A stdout that is gone (EPIPE) loses lines too, and counts them.
+//! different regions can never interleave. Everything goes through one FIFO, so a region's
+//! "exited" event always follows that region's last lines. Memory is bounded two ways:
+//! a region needs one of `LINE_TOKENS` tokens to queue a batch of lines (the writer hands the
+//! token back once the batch is written), so when stdout is slow or blocked a region waits,
+//! which blocks only that region's own pipe (its thread still answers its mailbox meanwhile);
+//! the supervisor's own events never wait, and are dropped and counted only past
+//! `MAX_QUEUED_EVENTS` unwritten ones. A stdout that is gone (EPIPE) loses lines too, and
+//! counts them.
 
 use std::fs::File;
 use std::io::{IoSlice, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde_json::Value;
 
-/// Batches the queue holds before senders wait. With read-sized batches (at most
-/// `logtag::READ_SIZE` of input each) this bounds the memory stdout can pin.
-const QUEUE_BATCHES: usize = 16;
+/// Batches of region lines queued at most. With read-sized batches (one read of a child's
+/// pipe each) this bounds the memory a slow stdout can pin to about 1.3 MiB.
+const LINE_TOKENS: usize = 16;
+/// Supervisor events queued at most (about 200 bytes each) before further ones are dropped.
+const MAX_QUEUED_EVENTS: usize = 10_000;
 /// The writer gathers queued batches into one `writev` of at most about this much.
 const WRITE_CHUNK: usize = 256 * 1024;
 
-pub enum Batch {
-    /// Whole, tagged lines, each ending in '\n'; `lines` of them.
+enum Batch {
+    /// Whole, tagged lines of a region, each ending in '\n'; `lines` of them. Holds a token.
     Lines { bytes: Vec<u8>, lines: u64 },
+    /// One supervisor event line.
+    Event(Vec<u8>),
     /// Answered once everything queued before it has been written.
     Flush(Sender<()>),
 }
 
 struct Output {
     tx: Sender<Batch>,
+    /// Free line tokens; a region takes one before queueing a batch of lines.
+    tokens: Receiver<()>,
+    tokens_back: Sender<()>,
+    queued_events: AtomicUsize,
     events_dropped: AtomicU64,
     lines_lost: AtomicU64,
 }
@@ -42,8 +53,19 @@ static OUTPUT: OnceLock<Output> = OnceLock::new();
 
 /// Starts the writer thread. Before this (and in unit tests) events go straight to stdout.
 pub fn start() -> JoinHandle<()> {
-    let (tx, rx) = bounded(QUEUE_BATCHES);
-    let out = Output { tx, events_dropped: AtomicU64::new(0), lines_lost: AtomicU64::new(0) };
+    let (tx, rx) = unbounded();
+    let (tokens_back, tokens) = bounded(LINE_TOKENS);
+    for _ in 0..LINE_TOKENS {
+        tokens_back.send(()).expect("room for every token");
+    }
+    let out = Output {
+        tx,
+        tokens,
+        tokens_back,
+        queued_events: AtomicUsize::new(0),
+        events_dropped: AtomicU64::new(0),
+        lines_lost: AtomicU64::new(0),
+    };
     if OUTPUT.set(out).is_err() {
         panic!("output::start called twice");
     }
@@ -53,16 +75,25 @@ pub fn start() -> JoinHandle<()> {
         .expect("cannot start the stdout thread")
 }
 
-/// Where region threads hand their lines over (they `select!` on it with their mailbox).
-pub fn sender() -> Option<&'static Sender<Batch>> {
-    OUTPUT.get().map(|o| &o.tx)
+/// The line tokens: a region receives one (selecting on this together with its mailbox)
+/// before `send_lines`.
+pub fn line_tokens() -> Option<&'static Receiver<()>> {
+    OUTPUT.get().map(|o| &o.tokens)
+}
+
+/// Queues tagged lines; the caller has just received a token from `line_tokens`.
+pub fn send_lines(bytes: Vec<u8>, lines: u64) {
+    if let Some(out) = OUTPUT.get() {
+        // Unbounded channel: never blocks; the token bounds what is queued.
+        let _ = out.tx.send(Batch::Lines { bytes, lines });
+    }
 }
 
 /// Waits (at most `limit`) until everything queued so far is written.
 pub fn flush(limit: Duration) {
     let Some(out) = OUTPUT.get() else { return };
     let (tx, rx) = bounded(1);
-    if out.tx.send_timeout(Batch::Flush(tx), limit).is_ok() {
+    if out.tx.send(Batch::Flush(tx)).is_ok() {
         let _ = rx.recv_timeout(limit);
     }
 }
@@ -77,19 +108,26 @@ pub fn losses() -> (u64, u64) {
 fn writer(rx: Receiver<Batch>) {
     // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
     let mut stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-    let lost = &OUTPUT.get().expect("set before the thread starts").lines_lost;
+    let out = OUTPUT.get().expect("set before the thread starts");
     let mut batches: Vec<Vec<u8>> = Vec::new();
     let mut replies = Vec::new();
     let mut broken = false;
     while let Ok(first) = rx.recv() {
         // Gather what is queued (up to a chunk) and write it with one writev: no copying.
-        let (mut lines, mut size) = (0, 0);
+        let (mut lines, mut size, mut tokens, mut events) = (0, 0, 0, 0);
         let mut next = Some(first);
         while let Some(batch) = next.take() {
             match batch {
                 Batch::Lines { bytes, lines: n } => {
                     size += bytes.len();
                     lines += n;
+                    tokens += 1;
+                    batches.push(bytes);
+                }
+                Batch::Event(bytes) => {
+                    size += bytes.len();
+                    lines += 1;
+                    events += 1;
                     batches.push(bytes);
                 }
                 Batch::Flush(reply) => replies.push(reply),
@@ -107,9 +145,13 @@ fn writer(rx: Receiver<Batch>) {
             }
         }
         if broken {
-            lost.fetch_add(lines, Ordering::Relaxed);
+            out.lines_lost.fetch_add(lines, Ordering::Relaxed);
         }
         batches.clear();
+        out.queued_events.fetch_sub(events, Ordering::Relaxed);
+        for _ in 0..tokens {
+            let _ = out.tokens_back.send(());
+        }
         for reply in replies.drain(..) {
             let _ = reply.send(());
         }
@@ -146,9 +188,11 @@ pub fn event(level: &str, region: Option<&str>, message: &str, fields: &[(&str, 
     line.push_str("}\n");
     match OUTPUT.get() {
         Some(out) => {
-            let batch = Batch::Lines { bytes: line.into_bytes(), lines: 1 };
-            if out.tx.try_send(batch).is_err() {
+            if out.queued_events.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
+                out.queued_events.fetch_sub(1, Ordering::Relaxed);
                 out.events_dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = out.tx.send(Batch::Event(line.into_bytes()));
             }
         }
         None => {

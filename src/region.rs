@@ -20,7 +20,7 @@ use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 
 use crate::config::{LogFormat, RegionPlan};
 use crate::logtag::Tagger;
-use crate::output::{self, Batch};
+use crate::output;
 use crate::policy::Event;
 use crate::reaper::Registry;
 use crate::spawn;
@@ -241,28 +241,33 @@ impl Region {
         self.delivered = self.tagger.lines;
         // Hand the buffer over and start a fresh one at full size (no regrowth per read).
         let bytes = std::mem::replace(&mut self.out, Vec::with_capacity(OUT_CAPACITY));
-        let batch = Batch::Lines { bytes, lines };
-        let Some(tx) = output::sender() else { return };
+        let Some(tokens) = output::line_tokens() else { return };
         let stats = self.setup.stats.clone();
         loop {
             if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
-                match tx.try_send(batch) {
-                    Ok(()) => stats.lines.fetch_add(lines, Ordering::Relaxed),
-                    Err(_) => stats.lines_dropped.fetch_add(lines, Ordering::Relaxed),
-                };
+                match tokens.try_recv() {
+                    Ok(()) => {
+                        output::send_lines(bytes, lines);
+                        stats.lines.fetch_add(lines, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
+                    }
+                }
                 return;
             }
             let mut sel = Select::new();
-            let send = sel.send(tx);
-            let recv = sel.recv(&self.rx);
+            let token = sel.recv(tokens);
+            let mail = sel.recv(&self.rx);
             let op = sel.select();
-            if op.index() == send {
-                if op.send(tx, batch).is_ok() {
+            if op.index() == token {
+                if op.recv(tokens).is_ok() {
+                    output::send_lines(bytes, lines);
                     stats.lines.fetch_add(lines, Ordering::Relaxed);
                 }
                 return;
             }
-            debug_assert_eq!(op.index(), recv);
+            debug_assert_eq!(op.index(), mail);
             match op.recv(&self.rx) {
                 Ok(Msg::Exited { status }) => self.note_exit(status),
                 Ok(msg) => self.deferred.push(msg),

@@ -18,6 +18,7 @@
 //! | `STANDIN_IGNORE_SIGTERM=1` | log SIGTERM/SIGINT and keep running |
 //! | `STANDIN_SPEW=<n>` | write n ~200-byte log lines (90% JSON, 10% plain) to stderr at once |
 //! | `STANDIN_REPLAY=<file>` | copy the file to stdout once (benchmarks) |
+//! | `STANDIN_LONG_LINE=<bytes>` | write one line of that many bytes to stdout, then `after long line` |
 //! | `STANDIN_TRICKY_LOGS=1` | write edge-case lines: invalid UTF-8, NUL, CRLF, a `region` key, a long line, no final newline |
 //! | `STANDIN_ORPHANS=<n>` | fork n grandchildren whose parent exits at once (zombies for PID 1) |
 //! | `STANDIN_NO_METRICS=1` | `/metrics` answers 404 |
@@ -104,7 +105,11 @@ fn main() {
     // Bulk output runs beside the HTTP server, so the plugin is ready while it writes.
     let spew_lines = mode("STANDIN_SPEW").and_then(|v| v.parse::<u64>().ok());
     let replay = mode("STANDIN_REPLAY");
+    let long_line = mode("STANDIN_LONG_LINE").and_then(|v| v.parse::<u64>().ok());
     thread::spawn(move || {
+        if let Some(n) = long_line {
+            write_long_line(n);
+        }
         if let Some(n) = spew_lines {
             spew(n);
         }
@@ -269,6 +274,20 @@ fn spew(n: u64) {
         }
     }
     let _ = err.flush();
+}
+
+fn write_long_line(mut n: u64) {
+    let block = vec![b'x'; 64 * 1024];
+    let mut out = std::io::stdout().lock();
+    while n > 0 {
+        let k = n.min(block.len() as u64) as usize;
+        if out.write_all(&block[..k]).is_err() {
+            return;
+        }
+        n -= k as u64;
+    }
+    let _ = out.write_all(b"\nafter long line\n");
+    let _ = out.flush();
 }
 
 fn replay_file(path: &str) {
