@@ -27,6 +27,8 @@ use serde_json::Value;
 const LINE_TOKENS: usize = 16;
 /// Supervisor events queued at most (about 200 bytes each) before further ones are dropped.
 const MAX_QUEUED_EVENTS: usize = 10_000;
+/// Kernel buffer asked for stdout when it is a pipe.
+const STDOUT_PIPE_SIZE: usize = 1 << 20;
 /// The writer gathers queued batches into one `writev` of at most about this much.
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -108,6 +110,9 @@ pub fn losses() -> (u64, u64) {
 fn writer(rx: Receiver<Batch>) {
     // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
     let mut stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+    // When stdout is a pipe (Docker's log reader, a shell pipeline), a larger buffer absorbs
+    // bursts and halves the wake-ups on both sides.
+    crate::sys::grow_pipe(1, STDOUT_PIPE_SIZE);
     let out = OUTPUT.get().expect("set before the thread starts");
     let mut batches: Vec<Vec<u8>> = Vec::new();
     let mut replies = Vec::new();

@@ -141,6 +141,13 @@ pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Asks for a pipe buffer of `size` bytes on `fd`, if it is a pipe; otherwise, or if the
+/// kernel refuses (an unprivileged user's pipe quota), nothing changes.
+pub fn grow_pipe(fd: RawFd, size: usize) {
+    // SAFETY: F_SETPIPE_SZ takes an integer; on anything but a pipe it fails harmlessly.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int) };
+}
+
 /// A counter descriptor that becomes readable when another thread calls `wake`: lets a thread
 /// that sleeps in `poll` on a pipe also hear its mailbox.
 pub struct EventFd(OwnedFd);
