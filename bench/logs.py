@@ -23,8 +23,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUP = os.path.join(ROOT, "target/release/region-supervisor")
-STANDIN = os.path.join(ROOT, "target/release/finfocus-standin")
+SUP = STANDIN = None  # set in main() for the chosen target
 REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1", "ap-southeast-2", "ap-northeast-1",
            "ap-south-1", "ca-central-1", "sa-east-1", "us-gov-west-1", "us-gov-east-1", "us-west-1"]
 MARKER = b"BENCH-END-OF-REPLAY"
@@ -134,9 +133,14 @@ def main():
     ap.add_argument("--bash-lines", type=int, default=50_000)
     ap.add_argument("--port-base", type=int, default=21001)
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; the median time is reported")
+    ap.add_argument("--target", default="x86_64-unknown-linux-musl",
+                    help="Rust target to build and measure (default: the static musl build that ships)")
     ap.add_argument("--write", metavar="BENCHMARKS.md")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+    global SUP, STANDIN
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--target", args.target], cwd=ROOT, check=True)
+    SUP = os.path.join(ROOT, "target", args.target, "release/region-supervisor")
+    STANDIN = os.path.join(ROOT, "target", args.target, "release/finfocus-standin")
 
     tmp = tempfile.mkdtemp(prefix="rs-bench-")
     data = os.path.join(tmp, "lines.log")
@@ -179,7 +183,7 @@ def main():
                  f"{small_size / bash / cat_rate:.3f}", "-"))
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    head = (f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; "
+    head = (f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; build: `{args.target}` release; "
             f"{datetime.date.today().isoformat()}. Input: {args.lines} lines, {size / 1e6:.0f} MB per stream "
             f"(~{size // args.lines} bytes a line, 90% JSON). Time runs from the first data byte out to the last, "
             f"so process start-up is not counted. {args.repeat} runs per row, cat and supervisor "
@@ -190,7 +194,7 @@ def main():
     text = head + "\n\n" + "\n".join(table) + "\n"
     print(text)
     if args.write:
-        write_section(args.write, "logs", "Log tagging throughput (`bench/logs.py`)", text)
+        write_section(args.write, f"logs-{args.target}", f"Log tagging throughput, `{args.target}` (`bench/logs.py`)", text)
 
 
 def write_section(path, name, title, text):

@@ -5,6 +5,8 @@
 //! "exited" event always follows that region's last lines. Memory is bounded two ways:
 //! a region needs one of `LINE_TOKENS` tokens to queue a batch of lines (the writer hands the
 //! token back once the batch is written), so when stdout is slow or blocked a region waits,
+//! (a token is an empty buffer: the region keeps it to tag its next lines into, so buffers go
+//! round without a single allocation in steady state),
 //! which blocks only that region's own pipe (its thread still answers its mailbox meanwhile);
 //! the supervisor's own events never wait, and are dropped and counted only past
 //! `MAX_QUEUED_EVENTS` unwritten ones. A stdout that is gone (EPIPE) loses lines too, and
@@ -25,6 +27,8 @@ use serde_json::Value;
 /// Batches of region lines queued at most. With read-sized batches (one read of a child's
 /// pipe each) this bounds the memory a slow stdout can pin to about 1.3 MiB.
 const LINE_TOKENS: usize = 16;
+/// A returned line buffer keeps at most this much capacity.
+const MAX_KEPT_BUFFER: usize = 256 * 1024;
 /// Supervisor events queued at most (about 200 bytes each) before further ones are dropped.
 const MAX_QUEUED_EVENTS: usize = 10_000;
 /// Kernel buffer asked for stdout when it is a pipe.
@@ -43,9 +47,9 @@ enum Batch {
 
 struct Output {
     tx: Sender<Batch>,
-    /// Free line tokens; a region takes one before queueing a batch of lines.
-    tokens: Receiver<()>,
-    tokens_back: Sender<()>,
+    /// Free line tokens (empty buffers); a region takes one before queueing a batch of lines.
+    tokens: Receiver<Vec<u8>>,
+    tokens_back: Sender<Vec<u8>>,
     queued_events: AtomicUsize,
     events_dropped: AtomicU64,
     lines_lost: AtomicU64,
@@ -58,7 +62,7 @@ pub fn start() -> JoinHandle<()> {
     let (tx, rx) = unbounded();
     let (tokens_back, tokens) = bounded(LINE_TOKENS);
     for _ in 0..LINE_TOKENS {
-        tokens_back.send(()).expect("room for every token");
+        tokens_back.send(Vec::new()).expect("room for every token");
     }
     let out = Output {
         tx,
@@ -78,8 +82,8 @@ pub fn start() -> JoinHandle<()> {
 }
 
 /// The line tokens: a region receives one (selecting on this together with its mailbox)
-/// before `send_lines`.
-pub fn line_tokens() -> Option<&'static Receiver<()>> {
+/// before `send_lines`, and keeps the empty buffer it is for its next lines.
+pub fn line_tokens() -> Option<&'static Receiver<Vec<u8>>> {
     OUTPUT.get().map(|o| &o.tokens)
 }
 
@@ -114,12 +118,13 @@ fn writer(rx: Receiver<Batch>) {
     // bursts and halves the wake-ups on both sides.
     crate::sys::grow_pipe(1, STDOUT_PIPE_SIZE);
     let out = OUTPUT.get().expect("set before the thread starts");
-    let mut batches: Vec<Vec<u8>> = Vec::new();
+    let mut batches: Vec<(bool, Vec<u8>)> = Vec::new(); // (holds a line token, bytes)
     let mut replies = Vec::new();
     let mut broken = false;
     while let Ok(first) = rx.recv() {
         // Gather what is queued (up to a chunk) and write it with one writev: no copying.
-        let (mut lines, mut size, mut tokens, mut events) = (0, 0, 0, 0);
+        let (mut lines, mut size, mut events) = (0, 0, 0);
+        let mut tokens = 0; // the first `tokens` entries of `batches` are line buffers to return
         let mut next = Some(first);
         while let Some(batch) = next.take() {
             match batch {
@@ -127,13 +132,13 @@ fn writer(rx: Receiver<Batch>) {
                     size += bytes.len();
                     lines += n;
                     tokens += 1;
-                    batches.push(bytes);
+                    batches.push((true, bytes));
                 }
                 Batch::Event(bytes) => {
                     size += bytes.len();
                     lines += 1;
                     events += 1;
-                    batches.push(bytes);
+                    batches.push((false, bytes));
                 }
                 Batch::Flush(reply) => replies.push(reply),
             }
@@ -152,10 +157,15 @@ fn writer(rx: Receiver<Batch>) {
         if broken {
             out.lines_lost.fetch_add(lines, Ordering::Relaxed);
         }
-        batches.clear();
         out.queued_events.fetch_sub(events, Ordering::Relaxed);
-        for _ in 0..tokens {
-            let _ = out.tokens_back.send(());
+        debug_assert_eq!(batches.iter().filter(|(t, _)| *t).count(), tokens);
+        for (token, mut buf) in batches.drain(..) {
+            if token {
+                buf.clear();
+                // A buffer that grew for an odd burst is not kept that large.
+                buf.shrink_to(MAX_KEPT_BUFFER);
+                let _ = out.tokens_back.send(buf);
+            }
         }
         for reply in replies.drain(..) {
             let _ = reply.send(());
@@ -163,8 +173,8 @@ fn writer(rx: Receiver<Batch>) {
     }
 }
 
-fn write_all_vectored(out: &mut File, batches: &[Vec<u8>]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice> = batches.iter().map(|b| IoSlice::new(b)).collect();
+fn write_all_vectored(out: &mut File, batches: &[(bool, Vec<u8>)]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice> = batches.iter().map(|(_, b)| IoSlice::new(b)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match out.write_vectored(rest) {

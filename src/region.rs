@@ -31,8 +31,6 @@ pub const READ_SIZE: usize = 64 * 1024;
 /// Kernel buffer asked for a child's pipe: a child's burst of output costs it fewer waits,
 /// and us fewer wake-ups per megabyte.
 const PIPE_SIZE: usize = 1 << 20;
-/// Tagged output of one read: the input plus tags (a `[region] ` prefix per short line).
-const OUT_CAPACITY: usize = READ_SIZE + READ_SIZE / 4;
 
 pub enum Msg {
     Spawn {
@@ -90,7 +88,7 @@ pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
         mailbox: mailbox.clone(),
         tagger,
         child: None,
-        out: Vec::with_capacity(OUT_CAPACITY),
+        out: Vec::new(),
         deferred: Vec::new(),
         delivered: 0,
     };
@@ -243,18 +241,17 @@ impl Region {
         }
         let lines = self.tagger.lines - self.delivered;
         self.delivered = self.tagger.lines;
-        // Hand the buffer over and start a fresh one at full size (no regrowth per read).
-        let bytes = std::mem::replace(&mut self.out, Vec::with_capacity(OUT_CAPACITY));
         let Some(tokens) = output::line_tokens() else { return };
         let stats = self.setup.stats.clone();
         loop {
             if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
                 match tokens.try_recv() {
-                    Ok(()) => {
-                        output::send_lines(bytes, lines);
+                    Ok(empty) => {
+                        output::send_lines(std::mem::replace(&mut self.out, empty), lines);
                         stats.lines.fetch_add(lines, Ordering::Relaxed);
                     }
                     Err(_) => {
+                        self.out.clear();
                         stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
                     }
                 }
@@ -265,8 +262,9 @@ impl Region {
             let mail = sel.recv(&self.rx);
             let op = sel.select();
             if op.index() == token {
-                if op.recv(tokens).is_ok() {
-                    output::send_lines(bytes, lines);
+                if let Ok(empty) = op.recv(tokens) {
+                    // Send our lines; the token's empty buffer takes their place.
+                    output::send_lines(std::mem::replace(&mut self.out, empty), lines);
                     stats.lines.fetch_add(lines, Ordering::Relaxed);
                 }
                 return;
