@@ -163,11 +163,7 @@ pub struct Config {
     pub regions: Vec<RegionPlan>,
     pub metrics_addr: Option<SocketAddr>,
     pub health_path: String,
-    // Parsed and validated now (a malformed value is a configuration error today); the
-    // child-metrics scrape of `/metrics` reads them.
-    #[allow(dead_code)]
     pub child_metrics_path: String,
-    #[allow(dead_code)]
     pub scrape_timeout: Duration,
     pub max_restarts: u32,
     pub restart_backoff: Duration,

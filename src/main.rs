@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod exposition;
 mod healthcheck;
 mod logtag;
 mod output;

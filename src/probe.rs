@@ -28,7 +28,7 @@ pub fn get(port: u16, path: &str, timeout: Duration, max_body: usize) -> Result<
     let _ = stream.set_nodelay(true);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: region-supervisor\r\n\
-         Accept: */*\r\nConnection: close\r\n\r\n"
+         Accept: text/plain;version=0.0.4;q=0.9,*/*;q=0.1\r\nConnection: close\r\n\r\n"
     );
     stream.set_write_timeout(Some(left(deadline)?)).map_err(|e| describe(&e))?;
     stream.write_all(request.as_bytes()).map_err(|e| describe(&e))?;

@@ -33,6 +33,7 @@ pub struct View {
     pub stopping: bool,
 }
 
+#[derive(Clone)]
 pub struct RegionView {
     pub name: &'static str,
     pub port: u16,
