@@ -42,13 +42,14 @@ impl Kind {
     }
 }
 
-/// One metric family of one page: its help, type, and sample lines already relabelled.
+/// One metric family of one page: its help, type, and sample lines already relabelled, each
+/// ending in a newline (one buffer, not a string per sample: this runs per scrape).
 #[derive(Debug, PartialEq)]
 pub struct Family {
     pub name: String,
     pub help: Option<String>,
     pub kind: Kind,
-    pub samples: Vec<String>,
+    pub samples: String,
 }
 
 /// Parses `page` and relabels each sample with `region="<region>"` (an existing `region`
@@ -56,13 +57,14 @@ pub struct Family {
 pub fn parse_and_relabel(page: &str, region: &str) -> Result<Vec<Family>, String> {
     let mut families: Vec<Family> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
+    let mut labels = Vec::new();
     let family_of = |families: &mut Vec<Family>, index: &mut HashMap<String, usize>, name: &str| -> usize {
         *index.entry(name.to_string()).or_insert_with(|| {
             families.push(Family {
                 name: name.to_string(),
                 help: None,
                 kind: Kind::Untyped,
-                samples: Vec::new(),
+                samples: String::new(),
             });
             families.len() - 1
         })
@@ -107,11 +109,18 @@ pub fn parse_and_relabel(page: &str, region: &str) -> Result<Vec<Family>, String
             }
             continue;
         }
-        let sample = relabel_sample(line, region).map_err(|why| fail(&why))?;
-        let name = &line[..sample.name_len];
+        let name = &line[..line.bytes().position(|c| !name_byte(c)).unwrap_or(line.len())];
+        if !metric_name(name) {
+            return Err(fail("bad metric name"));
+        }
         let base = family_name(name, &index, &families);
         let f = family_of(&mut families, &mut index, base);
-        families[f].samples.push(sample.text);
+        let body = &mut families[f].samples;
+        let mark = body.len();
+        if let Err(why) = relabel_sample(line, name.len(), region, &mut labels, body) {
+            body.truncate(mark);
+            return Err(fail(&why));
+        }
     }
     // A HELP or TYPE without samples is legal, but pointless in the merged page.
     families.retain(|f| !f.samples.is_empty());
@@ -138,22 +147,21 @@ fn family_name<'a>(name: &'a str, index: &HashMap<String, usize>, families: &[Fa
     name
 }
 
-struct Sample {
-    name_len: usize,
-    text: String,
+fn name_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b':'
 }
 
-/// Validates one sample line and writes it back with the region label first.
-fn relabel_sample(line: &str, region: &str) -> Result<Sample, String> {
+/// Validates one sample line (whose metric name is `line[..name_len]`) and appends it to
+/// `text` with the region label first, ending in a newline. `labels` is scratch space.
+fn relabel_sample<'a>(
+    line: &'a str,
+    name_len: usize,
+    region: &str,
+    labels: &mut Vec<(&'a str, &'a str)>,
+    text: &mut String,
+) -> Result<(), String> {
     let b = line.as_bytes();
-    let name_len =
-        b.iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b':')).unwrap_or(b.len());
-    let name = &line[..name_len];
-    if !metric_name(name) {
-        return Err("bad metric name".into());
-    }
-    let mut text = String::with_capacity(line.len() + region.len() + 12);
-    text.push_str(name);
+    text.push_str(&line[..name_len]);
     text.push_str("{region=\"");
     text.push_str(region);
     text.push('"');
@@ -161,7 +169,7 @@ fn relabel_sample(line: &str, region: &str) -> Result<Sample, String> {
     let brace = skip_ws(b, name_len);
     if b.get(brace) == Some(&b'{') {
         i = brace + 1;
-        let mut labels: Vec<(&str, &str)> = Vec::new();
+        labels.clear();
         loop {
             i = skip_ws(b, i);
             if b.get(i) == Some(&b'}') {
@@ -212,7 +220,7 @@ fn relabel_sample(line: &str, region: &str) -> Result<Sample, String> {
                 _ => return Err("expected ',' or '}' after a label".into()),
             }
         }
-        for (label, value) in &labels {
+        for (label, value) in labels.iter() {
             text.push(',');
             if *label == "region" {
                 // Prometheus' own rule for a clashing target label: prefix `exported_` until
@@ -241,17 +249,20 @@ fn relabel_sample(line: &str, region: &str) -> Result<Sample, String> {
     if !float(value) {
         return Err(format!("bad value {value:?}"));
     }
-    let _ = write!(text, " {value}");
+    text.push(' ');
+    text.push_str(value);
     if let Some(ts) = fields.next() {
         if ts.parse::<i64>().is_err() {
             return Err(format!("bad timestamp {ts:?}"));
         }
-        let _ = write!(text, " {ts}");
+        text.push(' ');
+        text.push_str(ts);
     }
     if fields.next().is_some() {
         return Err("trailing text after the timestamp".into());
     }
-    Ok(Sample { name_len, text })
+    text.push('\n');
+    Ok(())
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -290,12 +301,18 @@ fn float(s: &str) -> bool {
         || (s.bytes().all(|c| c.is_ascii_digit() || b"+-.eE".contains(&c)) && s.parse::<f64>().is_ok())
 }
 
-/// Merges the regions' families: one `# HELP`/`# TYPE` per family, its samples together,
+/// Merges the regions' families into `out`: one `# HELP`/`# TYPE` per family, its samples together,
 /// regions in order. A region's family whose type differs from the one already merged is left
 /// out (a page cannot give one name two types), and so is a family named like one of
 /// `reserved` (the supervisor's own).
-pub fn merge(pages: Vec<Vec<Family>>, reserved: &[&str]) -> String {
-    let mut merged: Vec<Family> = Vec::new();
+pub fn merge(pages: Vec<Vec<Family>>, reserved: &[&str], out: &mut String) {
+    // Each merged family keeps the regions' sample buffers as they are (moved, not copied)
+    // and writes them out once, in order.
+    struct Merged {
+        first: Family,
+        more: Vec<String>,
+    }
+    let mut merged: Vec<Merged> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for page in pages {
         for family in page {
@@ -303,37 +320,45 @@ pub fn merge(pages: Vec<Vec<Family>>, reserved: &[&str]) -> String {
                 continue;
             }
             match index.get(&family.name) {
-                Some(&f) if merged[f].kind == family.kind => {
-                    if merged[f].help.is_none() {
-                        merged[f].help = family.help;
+                Some(&f) if merged[f].first.kind == family.kind => {
+                    let m = &mut merged[f];
+                    if m.first.help.is_none() {
+                        m.first.help = family.help;
                     }
-                    merged[f].samples.extend(family.samples);
+                    m.more.push(family.samples);
                 }
                 Some(_) => {} // conflicting type: left out
                 None => {
                     index.insert(family.name.clone(), merged.len());
-                    merged.push(family);
+                    merged.push(Merged { first: family, more: Vec::new() });
                 }
             }
         }
     }
-    let mut out = String::new();
-    for f in merged {
+    let size: usize =
+        merged.iter().map(|m| m.first.samples.len() + m.more.iter().map(String::len).sum::<usize>()).sum();
+    out.reserve(size + merged.len() * 128);
+    for Merged { first: f, more } in merged {
         if let Some(help) = &f.help {
             let _ = writeln!(out, "# HELP {} {help}", f.name);
         }
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.name());
-        for s in f.samples {
-            out.push_str(&s);
-            out.push('\n');
+        out.push_str(&f.samples);
+        for samples in more {
+            out.push_str(&samples);
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn merged(pages: Vec<Vec<Family>>, reserved: &[&str]) -> String {
+        let mut out = String::new();
+        merge(pages, reserved, &mut out);
+        out
+    }
 
     const PAGE: &str = "# HELP http_requests_total Requests.\n\
         # TYPE http_requests_total counter\n\
@@ -368,13 +393,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            f[0].samples[1],
+            f[0].samples.lines().nth(1).unwrap(),
             "http_requests_total{region=\"us-east-1\",code=\"500\",path=\"/b\"} 3 1700000000000"
         );
-        assert_eq!(f[1].samples.len(), 4);
-        assert_eq!(f[1].samples[3], "lat_count{region=\"us-east-1\"} 2");
+        assert_eq!(f[1].samples.lines().count(), 4);
+        assert_eq!(f[1].samples.lines().nth(3).unwrap(), "lat_count{region=\"us-east-1\"} 2");
         assert_eq!(
-            f[4].samples[0],
+            f[4].samples.lines().next().unwrap(),
             "items{region=\"us-east-1\",exported_region=\"eu-central-1\",note=\"a \\\"quoted\\\" \\\\ }\\n\"} 5"
         );
     }
@@ -383,7 +408,7 @@ mod tests {
     fn merges_one_header_per_family() {
         let a = parse_and_relabel(PAGE, "us-east-1").unwrap();
         let b = parse_and_relabel(PAGE, "eu-west-1").unwrap();
-        let page = merge(vec![a, b], &[]);
+        let page = merged(vec![a, b], &[]);
         assert_eq!(page.matches("# TYPE http_requests_total counter").count(), 1);
         assert_eq!(page.matches("# HELP http_requests_total").count(), 1);
         let lines: Vec<&str> = page.lines().collect();
@@ -397,7 +422,7 @@ mod tests {
     fn conflicting_types_and_reserved_names_are_left_out() {
         let a = parse_and_relabel("# TYPE x counter\nx 1\nsupervisor_region_up 3\n", "us-east-1").unwrap();
         let b = parse_and_relabel("# TYPE x gauge\nx 2\n", "eu-west-1").unwrap();
-        let page = merge(vec![a, b], &["supervisor_region_up"]);
+        let page = merged(vec![a, b], &["supervisor_region_up"]);
         assert_eq!(page, "# TYPE x counter\nx{region=\"us-east-1\"} 1\n");
     }
 
@@ -428,7 +453,7 @@ mod tests {
     fn exported_region_clash_gets_another_prefix() {
         let f = parse_and_relabel("x{region=\"a\",exported_region=\"b\"} 1\n", "us-east-1").unwrap();
         assert_eq!(
-            f[0].samples[0],
+            f[0].samples.lines().nth(0).unwrap(),
             "x{region=\"us-east-1\",exported_exported_region=\"a\",exported_region=\"b\"} 1"
         );
     }
@@ -457,7 +482,7 @@ mod tests {
                 .map(|i| format!("m{}{{l=\"v{}\",region=\"r\"}} {}\n", next() % 5, i, next() % 1000))
                 .collect();
             let families = parse_and_relabel(&page, "us-east-1").unwrap();
-            let merged = merge(vec![families], &[]);
+            let merged = merged(vec![families], &[]);
             let samples: Vec<&str> = merged.lines().filter(|l| !l.starts_with('#')).collect();
             assert_eq!(samples.len(), page.lines().count());
             for s in samples {

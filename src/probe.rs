@@ -154,11 +154,13 @@ fn parse_status_line(line: &str) -> Result<u16, String> {
     }
 }
 
+/// Reads at most `want` (at most 64 KiB) more bytes straight onto the end of `into`.
 fn read_some(r: &mut impl Read, into: &mut Vec<u8>, want: usize) -> Result<usize, String> {
-    let mut chunk = vec![0u8; want.clamp(1, 16 * 1024)];
-    let n = r.read(&mut chunk).map_err(|e| describe(&e))?;
-    into.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    let len = into.len();
+    into.resize(len + want.clamp(1, 64 * 1024), 0);
+    let n = r.read(&mut into[len..]).map_err(|e| describe(&e));
+    into.truncate(len + *n.as_ref().unwrap_or(&0));
+    n
 }
 
 /// Decodes a chunked body; `have` holds bytes already read past the head.

@@ -53,6 +53,9 @@ struct Scrape {
 }
 
 pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle {
+    if let Err(e) = sys::nodelay_for_accepted(&listener) {
+        crate::output::warn(None, &format!("cannot set TCP_NODELAY on the metrics listener: {e}"), &[]);
+    }
     let server =
         Arc::new(Server::from_listener(listener, None).expect("a bound listener is always accepted"));
     let scrape = Arc::new(Scrape {
@@ -260,6 +263,6 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
     let _ = writeln!(out, "supervisor_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     let mut reserved: Vec<&str> = OWN.iter().map(|o| o.name).collect();
     reserved.push("supervisor_build_info");
-    out.push_str(&exposition::merge(scraped.into_iter().flatten().collect(), &reserved));
+    exposition::merge(scraped.into_iter().flatten().collect(), &reserved, &mut out);
     out
 }

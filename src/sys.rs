@@ -148,6 +148,27 @@ pub fn grow_pipe(fd: RawFd, size: usize) {
     unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int) };
 }
 
+/// Sets TCP_NODELAY on a listening socket; Linux copies it to every accepted connection.
+/// tiny_http writes a response's head and body separately, and without this Nagle's algorithm
+/// holds the body until the client's delayed ACK (40 ms) for the head arrives.
+pub fn nodelay_for_accepted(listener: &impl AsRawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A counter descriptor that becomes readable when another thread calls `wake`: lets a thread
 /// that sleeps in `poll` on a pipe also hear its mailbox.
 pub struct EventFd(OwnedFd);

@@ -71,7 +71,25 @@ fn main() {
     if let Some(d) = mode("STANDIN_START_DELAY").and_then(|v| duration(&v)) {
         thread::sleep(d);
     }
-    let server = match tiny_http::Server::http(("127.0.0.1", port)) {
+    // Like Go's net/http, answer without Nagle delays (Go sets TCP_NODELAY on every connection;
+    // Linux copies it from the listener to accepted sockets).
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).inspect(|l| {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a live variable.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(l),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    });
+    let server = match listener
+        .map_err(|e| e.to_string())
+        .and_then(|l| tiny_http::Server::from_listener(l, None).map_err(|e| e.to_string()))
+    {
         Ok(s) => s,
         Err(e) => {
             log("error", &format!("cannot listen on 127.0.0.1:{port}: {e}"), "");
