@@ -453,7 +453,7 @@ mod tests {
     fn exported_region_clash_gets_another_prefix() {
         let f = parse_and_relabel("x{region=\"a\",exported_region=\"b\"} 1\n", "us-east-1").unwrap();
         assert_eq!(
-            f[0].samples.lines().nth(0).unwrap(),
+            f[0].samples.lines().next().unwrap(),
             "x{region=\"us-east-1\",exported_exported_region=\"a\",exported_region=\"b\"} 1"
         );
     }
