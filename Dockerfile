@@ -1,0 +1,101 @@
+# One image, 12 AWS regions: region-supervisor as PID 1 over the 12 regional
+# finfocus-plugin-aws-public binaries (ports 8001-8012, metrics and health on 9090).
+#
+# Sources (build args), so the image also builds without network:
+#   SUPERVISOR_SOURCE=build    compile the static supervisor in a Rust Alpine stage (default)
+#   SUPERVISOR_SOURCE=context  take dist/${TARGETARCH}/region-supervisor from the build context
+#   PLUGINS_SOURCE=download    download and verify the 12 release tarballs of VERSION (default)
+#   PLUGINS_SOURCE=context     take dist/${TARGETARCH}/plugins/finfocus-plugin-aws-public-<region>
+# BuildKit builds only the stages the chosen sources need. Every RUN happens in a stage on the
+# build platform (the supervisor is cross-compiled, the plugins are only downloaded), and the
+# final stage has no RUN at all, so a multi-platform build (linux/amd64,linux/arm64) needs no
+# emulation.
+
+ARG BASE_IMAGE=alpine:3.19
+ARG RUST_IMAGE=rust:1-alpine3.19
+ARG SUPERVISOR_SOURCE=build
+ARG PLUGINS_SOURCE=download
+
+# --- the supervisor ---------------------------------------------------------------------------
+# hadolint ignore=DL3029
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS supervisor-build
+ARG TARGETARCH
+# hadolint ignore=DL3018
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY .cargo ./.cargo
+COPY src ./src
+COPY standin ./standin
+# Static musl binary for the target architecture; aarch64 links with rust-lld (.cargo/config.toml).
+RUN case "${TARGETARCH}" in \
+      amd64) target=x86_64-unknown-linux-musl ;; \
+      arm64) target=aarch64-unknown-linux-musl ;; \
+      *) echo "unsupported TARGETARCH ${TARGETARCH}" >&2; exit 1 ;; \
+    esac \
+    && rustup target add "$target" \
+    && cargo build --release --locked --bin region-supervisor --target "$target" \
+    && install -D -m 0755 "target/$target/release/region-supervisor" /out/region-supervisor
+
+FROM scratch AS supervisor-context
+ARG TARGETARCH
+COPY dist/${TARGETARCH}/region-supervisor /out/region-supervisor
+
+# hadolint ignore=DL3006
+FROM supervisor-${SUPERVISOR_SOURCE} AS supervisor
+
+# --- the regional plugins -----------------------------------------------------------------------
+# hadolint ignore=DL3006,DL3029
+FROM --platform=$BUILDPLATFORM ${BASE_IMAGE} AS plugins-download
+ARG VERSION
+ARG TARGETARCH
+# curl is needed here only; it never reaches the final image.
+# hadolint ignore=DL3018
+RUN apk add --no-cache curl
+COPY docker/fetch-plugins /usr/local/bin/fetch-plugins
+RUN test -n "${VERSION}" || { echo "build arg VERSION (the plugin release, e.g. v0.4.2) is required with PLUGINS_SOURCE=download" >&2; exit 1; } \
+    && fetch-plugins "${VERSION}" "${TARGETARCH}" /out/plugins
+
+FROM scratch AS plugins-context
+ARG TARGETARCH
+COPY dist/${TARGETARCH}/plugins/ /out/plugins/
+
+# hadolint ignore=DL3006
+FROM plugins-${PLUGINS_SOURCE} AS plugins
+
+# --- user `plugin`, 65532:65532 ------------------------------------------------------------------
+# The base's own passwd and group files plus one line each, written on the build platform (the
+# files are the same on every architecture of a base image) and by hand, so it works on any base
+# (Alpine's adduser and Debian's useradd take different flags).
+# hadolint ignore=DL3006,DL3029
+FROM --platform=$BUILDPLATFORM ${BASE_IMAGE} AS users
+RUN mkdir -p /out \
+    && { cat /etc/passwd; echo "plugin:x:65532:65532:plugin:/nonexistent:/sbin/nologin"; } > /out/passwd \
+    && { cat /etc/group; echo "plugin:x:65532:"; } > /out/group
+
+# --- the image ----------------------------------------------------------------------------------
+# hadolint ignore=DL3006
+FROM ${BASE_IMAGE}
+ARG VERSION=context
+LABEL org.opencontainers.image.title="finfocus-plugin-aws-public (12 regions)" \
+      org.opencontainers.image.description="12 regional finfocus-plugin-aws-public binaries under region-supervisor" \
+      org.opencontainers.image.version="${VERSION}"
+
+COPY --from=users /out/passwd /out/group /etc/
+COPY --from=supervisor /out/region-supervisor /usr/local/bin/region-supervisor
+COPY --from=plugins /out/plugins/ /usr/local/bin/
+COPY entrypoint /usr/local/bin/entrypoint
+
+USER 65532:65532
+EXPOSE 8001-8012 9090
+ENV FINFOCUS_PLUGIN_WEB_ENABLED=true FINFOCUS_PLUGIN_HEALTH_ENDPOINT=true
+
+# Every 30s, after a 60s start period (12 plugins loading ~150 MB of pricing data each, and
+# the supervisor's own 10s startup timeout plus a restart), unhealthy after 3 misses. The
+# subcommand probes the 12 regions in parallel, each bounded by HEALTH_CHECK_TIMEOUT (5s),
+# so it finishes well inside the 10s timeout; it exits 0 or 1 only, as Docker expects.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["/usr/local/bin/region-supervisor", "healthcheck", "--quiet"]
+
+ENTRYPOINT ["/usr/local/bin/entrypoint"]
+CMD ["run"]
