@@ -191,18 +191,3 @@ fn the_image_runs_twelve_regions_under_docker() {
     ok(&["stop", "--time", "10", &ro.0]);
     assert_eq!(ok(&["inspect", "--format", "{{.State.ExitCode}}", &ro.0]).trim(), "0");
 }
-
-const REGIONS: [&str; 12] = [
-    "us-east-1",
-    "us-west-2",
-    "eu-west-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-northeast-1",
-    "ap-south-1",
-    "ca-central-1",
-    "sa-east-1",
-    "us-gov-west-1",
-    "us-gov-east-1",
-    "us-west-1",
-];

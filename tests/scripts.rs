@@ -1,8 +1,12 @@
 //! The shell pieces: the image's entrypoint shim, the size checks a publish workflow calls,
 //! and the plugin download script (against a local HTTP server with fake release assets).
 
+mod util;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use util::REGIONS;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -69,21 +73,6 @@ fn entrypoint_routes_supervisor_words_to_the_supervisor() {
     assert!(text.contains("\"\" | run | healthcheck | regions | help | -*)"));
     assert!(text.contains("exec /usr/local/bin/region-supervisor \"$@\""));
 }
-
-const REGIONS: [&str; 12] = [
-    "us-east-1",
-    "us-west-2",
-    "eu-west-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-northeast-1",
-    "ap-south-1",
-    "ca-central-1",
-    "sa-east-1",
-    "us-gov-west-1",
-    "us-gov-east-1",
-    "us-west-1",
-];
 
 /// Fake release assets for v9.9.9: a tarball per region holding a tiny "binary", checksums.
 fn fake_release(dir: &Path, skip: Option<&str>, corrupt: Option<&str>) {

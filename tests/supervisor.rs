@@ -465,21 +465,6 @@ fn help_and_version() {
     assert_eq!(version.trim(), format!("region-supervisor {}", env!("CARGO_PKG_VERSION")));
 }
 
-const REGIONS: [&str; 12] = [
-    "us-east-1",
-    "us-west-2",
-    "eu-west-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-northeast-1",
-    "ap-south-1",
-    "ca-central-1",
-    "sa-east-1",
-    "us-gov-west-1",
-    "us-gov-east-1",
-    "us-west-1",
-];
-
 /// Races spawn-and-register against the reaper: every region restarts a child that exits at
 /// once, as fast as it can, while those children also leave orphans for the same `waitpid(-1)`.
 /// Every start must be matched by exactly one exit with the child's own status.

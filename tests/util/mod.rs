@@ -17,6 +17,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// SPEC's region table, in order (row index = port offset). Written out here again, not
+/// imported from the crate, so the tests check the binary against SPEC, not against itself.
+pub const REGIONS: [&str; 12] = [
+    "us-east-1",
+    "us-west-2",
+    "eu-west-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-northeast-1",
+    "ap-south-1",
+    "ca-central-1",
+    "sa-east-1",
+    "us-gov-west-1",
+    "us-gov-east-1",
+    "us-west-1",
+];
+
 pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_region-supervisor");
 pub const STANDIN: &str = env!("CARGO_BIN_EXE_finfocus-standin");
 
