@@ -25,6 +25,8 @@ use crate::sys;
 
 /// Threads answering requests; one long `/metrics` scrape never holds up `/healthz`.
 const WORKERS: usize = 4;
+/// Longest wait for one read or write on a client connection.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A child's metrics page is read up to this size; a larger one counts as a failed scrape.
 const SCRAPE_BODY_LIMIT: usize = 16 << 20;
 
@@ -55,6 +57,11 @@ struct Scrape {
 pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle {
     if let Err(e) = sys::nodelay_for_accepted(&listener) {
         crate::output::warn(None, &format!("cannot set TCP_NODELAY on the metrics listener: {e}"), &[]);
+    }
+    // An idle or trickling client is answered 408 and closed, and one that does not read its
+    // response releases the worker, after IO_TIMEOUT per read or write.
+    if let Err(e) = sys::timeouts_for_accepted(&listener, IO_TIMEOUT) {
+        crate::output::warn(None, &format!("cannot set timeouts on the metrics listener: {e}"), &[]);
     }
     let server =
         Arc::new(Server::from_listener(listener, None).expect("a bound listener is always accepted"));

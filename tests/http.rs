@@ -117,6 +117,14 @@ fn idle_and_slow_clients_do_not_stop_metrics() {
     assert!(page.contains("supervisor_region_up{region=\"eu-west-1\"} 1"));
     assert!(took < Duration::from_secs(3), "/metrics took {took:?} behind 300 idle clients");
     assert_eq!(sup.get("/healthz").unwrap().0, 200);
+    // Idle connections do not stay open forever: each read waits at most 5 s.
+    let mut idle = hogs.pop().unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t = Instant::now();
+    let mut answer = String::new();
+    let _ = idle.read_to_string(&mut answer);
+    assert!(t.elapsed() < Duration::from_secs(15), "an idle connection stayed open {:?}", t.elapsed());
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     drop(hogs);
 }
 
