@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Start and stop: how long until 12 stand-in regions are ready, and from SIGTERM to exit.
+
+SPEC's goal for the stop: well within 5 s, aiming under 100 ms with children that stop
+promptly. Each run starts the supervisor over 12 stand-ins, waits for `/healthz` 200 (the
+ready time), sends SIGTERM and waits for the exit (the stop time). For comparison the same
+12 stand-ins are started and stopped by Debian's supervisord when it is installed.
+
+Usage: bench/lifecycle.py [--runs N] [--write BENCHMARKS.md]
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from logs import REGIONS, ROOT, write_section  # noqa: E402
+
+
+def healthz(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def child_ready(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def one_run(sup, standin, base):
+    metrics = base + 20
+    env = dict(os.environ, SUPERVISOR_COMMAND=standin, SUPERVISOR_PORT_BASE=str(base),
+               SUPERVISOR_METRICS_ADDR=f"127.0.0.1:{metrics}")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sup], env=env, stdout=subprocess.DEVNULL)
+    while not healthz(metrics):
+        if time.perf_counter() - t0 > 30:
+            proc.kill()
+            sys.exit("not ready in 30 s")
+        time.sleep(0.002)
+    ready = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=15)
+    stop = time.perf_counter() - t1
+    if code != 0:
+        sys.exit(f"exit code {code}")
+    return ready, stop
+
+
+def supervisord_run(standin, base, tmp):
+    conf = os.path.join(tmp, "supervisord.conf")
+    with open(conf, "w") as f:
+        f.write(f"[supervisord]\nnodaemon=true\nlogfile=/dev/null\npidfile={tmp}/sd.pid\n"
+                f"[unix_http_server]\nfile={tmp}/sd.sock\n")
+        for i, r in enumerate(REGIONS):
+            f.write(f"[program:{r}]\ncommand={standin}\nenvironment=REGION=\"{r}\",FINFOCUS_PLUGIN_PORT=\"{base + i}\"\n"
+                    "stopwaitsecs=4\nstdout_logfile=/dev/null\nstderr_logfile=/dev/null\n")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["supervisord", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not all(child_ready(base + i) for i in range(12)):
+        if time.perf_counter() - t0 > 30:
+            proc.kill()
+            sys.exit("supervisord: not ready in 30 s")
+        time.sleep(0.002)
+    ready = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    return ready, time.perf_counter() - t1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="x86_64-unknown-linux-musl")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--port-base", type=int, default=24001)
+    ap.add_argument("--write", metavar="BENCHMARKS.md")
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--target", args.target], cwd=ROOT, check=True)
+    sup = os.path.join(ROOT, "target", args.target, "release/region-supervisor")
+    standin = os.path.join(ROOT, "target", args.target, "release/finfocus-standin")
+    runs = [one_run(sup, standin, args.port_base) for _ in range(args.runs)]
+    ready = statistics.median(r[0] for r in runs)
+    stop = statistics.median(r[1] for r in runs)
+    worst_stop = max(r[1] for r in runs)
+    rows = [("region-supervisor", ready, stop, worst_stop)]
+    if subprocess.run(["sh", "-c", "command -v supervisord"], capture_output=True).returncode == 0:
+        tmp = tempfile.mkdtemp(prefix="rs-bench-sd-")
+        sd = [supervisord_run(standin, args.port_base, tmp) for _ in range(max(3, args.runs // 3))]
+        rows.append(("supervisord (Debian `supervisor`)", statistics.median(r[0] for r in sd),
+                     statistics.median(r[1] for r in sd), max(r[1] for r in sd)))
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    text = (f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; build: `{args.target}` release; "
+            f"{datetime.date.today().isoformat()}. 12 stand-in regions; {args.runs} runs, medians (and the slowest stop). "
+            "Ready: from process start until all 12 answer their health path (for region-supervisor: until its "
+            "`/healthz` says so). Stop: from SIGTERM until the process has exited, every child reaped.\n\n"
+            "| supervisor | ready | stop (median) | stop (slowest) |\n|---|---|---|---|\n")
+    text += "".join(f"| {n} | {r * 1000:.0f} ms | {s * 1000:.1f} ms | {w * 1000:.1f} ms |\n" for n, r, s, w in rows)
+    print(text)
+    if args.write:
+        write_section(args.write, f"lifecycle-{args.target}", f"Start and stop, `{args.target}` (`bench/lifecycle.py`)", text)
+
+
+if __name__ == "__main__":
+    main()
