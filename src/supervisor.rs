@@ -194,11 +194,10 @@ impl Supervisor {
         match action {
             Action::Spawn { region, gen } => self.mailboxes[region].send(Msg::Spawn { gen }),
             Action::Probe { region, gen, timeout } => self.probe(region, gen, timeout),
-            Action::Signal { region, pid, signal } => {
-                if !self.registry.signal(pid, signal) {
-                    // Already reaped: its Exited event is on its way. Nothing to signal.
-                    let _ = region;
-                }
+            Action::Signal { region: _, pid, signal } => {
+                // False when the child was reaped meanwhile: its Exited event is on its way,
+                // and a reaped pid is never signalled (it may belong to someone else by now).
+                self.registry.signal(pid, signal);
             }
             Action::Log { level, region, message, fields } => {
                 let name = region.map(|r| self.config.regions[r].name);
