@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from logs import ROOT, write_section  # noqa: E402
+from logs import build, write_section  # noqa: E402
 
 
 def wait_ready(port, limit=30):
@@ -46,9 +46,7 @@ def main():
     ap.add_argument("--series", type=int, default=500)
     ap.add_argument("--write", metavar="BENCHMARKS.md")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--target", args.target], cwd=ROOT, check=True)
-    sup = os.path.join(ROOT, "target", args.target, "release/region-supervisor")
-    standin = os.path.join(ROOT, "target", args.target, "release/finfocus-standin")
+    sup, standin = build(args.target)
     metrics_port = args.port_base + 20
     env = dict(os.environ, SUPERVISOR_COMMAND=standin, SUPERVISOR_PORT_BASE=str(args.port_base),
                SUPERVISOR_METRICS_ADDR=f"127.0.0.1:{metrics_port}", STANDIN_SERIES=str(args.series))

@@ -22,18 +22,11 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from logs import REGIONS, ROOT, write_section  # noqa: E402
+from logs import REGIONS, build, write_section  # noqa: E402
 
 
 def healthz(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            return r.status == 200
-    except Exception:
-        return False
-
-
-def child_ready(port):
+    """Whether GET /healthz on 127.0.0.1:port answers 200."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
             return r.status == 200
@@ -72,7 +65,7 @@ def supervisord_run(standin, base, tmp):
                     "stopwaitsecs=4\nstdout_logfile=/dev/null\nstderr_logfile=/dev/null\n")
     t0 = time.perf_counter()
     proc = subprocess.Popen(["supervisord", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not all(child_ready(base + i) for i in range(12)):
+    while not all(healthz(base + i) for i in range(12)):
         if time.perf_counter() - t0 > 30:
             proc.kill()
             sys.exit("supervisord: not ready in 30 s")
@@ -91,9 +84,7 @@ def main():
     ap.add_argument("--port-base", type=int, default=24001)
     ap.add_argument("--write", metavar="BENCHMARKS.md")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--target", args.target], cwd=ROOT, check=True)
-    sup = os.path.join(ROOT, "target", args.target, "release/region-supervisor")
-    standin = os.path.join(ROOT, "target", args.target, "release/finfocus-standin")
+    sup, standin = build(args.target)
     runs = [one_run(sup, standin, args.port_base) for _ in range(args.runs)]
     ready = statistics.median(r[0] for r in runs)
     stop = statistics.median(r[1] for r in runs)

@@ -30,6 +30,13 @@ MARKER = b"BENCH-END-OF-REPLAY"
 BEGIN = b"BENCH-BEGIN-OF-REPLAY"
 
 
+def build(target):
+    """Builds the release binaries for `target`; returns (supervisor, stand-in) paths."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--target", target], cwd=ROOT, check=True)
+    out = os.path.join(ROOT, "target", target, "release")
+    return os.path.join(out, "region-supervisor"), os.path.join(out, "finfocus-standin")
+
+
 def make_data(path, lines):
     with open(path, "wb") as f:
         f.write(BEGIN + b"\n")
@@ -138,9 +145,7 @@ def main():
     ap.add_argument("--write", metavar="BENCHMARKS.md")
     args = ap.parse_args()
     global SUP, STANDIN
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--target", args.target], cwd=ROOT, check=True)
-    SUP = os.path.join(ROOT, "target", args.target, "release/region-supervisor")
-    STANDIN = os.path.join(ROOT, "target", args.target, "release/finfocus-standin")
+    SUP, STANDIN = build(args.target)
 
     tmp = tempfile.mkdtemp(prefix="rs-bench-")
     data = os.path.join(tmp, "lines.log")
