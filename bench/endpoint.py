@@ -50,7 +50,8 @@ def main():
     metrics_port = args.port_base + 20
     env = dict(os.environ, SUPERVISOR_COMMAND=standin, SUPERVISOR_PORT_BASE=str(args.port_base),
                SUPERVISOR_METRICS_ADDR=f"127.0.0.1:{metrics_port}", STANDIN_SERIES=str(args.series))
-    proc = subprocess.Popen([sup], env=env, stdout=subprocess.DEVNULL)
+    log = tempfile.NamedTemporaryFile(prefix="rs-bench-endpoint-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sup], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(metrics_port)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:
@@ -58,8 +59,12 @@ def main():
         series = sum(1 for l in page.splitlines() if l and not l.startswith("#"))
 
         def wrk(threads, conns):
-            out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", "-d10s", "--latency",
-                                  f"http://127.0.0.1:{metrics_port}/metrics"], capture_output=True, text=True, check=True).stdout
+            run = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", "-d10s", "--latency",
+                                  f"http://127.0.0.1:{metrics_port}/metrics"], capture_output=True, text=True)
+            if run.returncode != 0:
+                tail = open(log.name).read()[-3000:]
+                sys.exit(f"wrk failed ({run.returncode}):\n{run.stdout}\n{run.stderr}\nsupervisor (exit {proc.poll()}):\n{tail}")
+            out = run.stdout
             return (re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1), re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1),
                     re.search(r"Requests/sec:\s+(\S+)", out).group(1))
 

@@ -9,8 +9,8 @@
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,26 +19,29 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::config::Config;
 use crate::exposition::{self, Family};
+use crate::output;
 use crate::probe;
 use crate::supervisor::{RegionView, SharedView};
 use crate::sys;
 
 /// Threads answering requests; one long `/metrics` scrape never holds up `/healthz`.
 const WORKERS: usize = 4;
-/// Longest wait for one read or write on a client connection.
+/// Longest wait for one write to a client connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A child's metrics page is read up to this size; a larger one counts as a failed scrape.
 const SCRAPE_BODY_LIMIT: usize = 16 << 20;
 
 pub struct Handle {
-    server: Arc<Server>,
+    endpoint: Arc<Endpoint>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Handle {
     pub fn stop(self) {
+        self.endpoint.stopping.store(true, Ordering::SeqCst);
+        let server = self.endpoint.server();
         for _ in &self.threads {
-            self.server.unblock();
+            server.unblock();
         }
         for t in self.threads {
             let _ = t.join();
@@ -54,17 +57,87 @@ struct Scrape {
     ports: Vec<u16>,
 }
 
+/// The tiny_http server in use, and what it takes to replace it.
+///
+/// tiny_http's accept loop ends for good on the first accept error (EMFILE when descriptors
+/// run out, for one), after which its listening socket is closed and every client is refused.
+/// So we keep our own handle on the socket (it stays bound; clients wait in the backlog) and
+/// start a new server on it when that happens.
+struct Endpoint {
+    listener: TcpListener,
+    current: RwLock<Arc<Server>>,
+    stopping: AtomicBool,
+}
+
+impl Endpoint {
+    fn server(&self) -> Arc<Server> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `old` reported `why` from `recv`: unless it was already replaced (or we were woken on
+    /// purpose), start a new server on the same socket, retrying while that fails (it needs a
+    /// free descriptor), and wake the workers still waiting on `old`. Connections `old` had
+    /// accepted are not answered any more; their clients retry on a new connection.
+    fn replace(&self, old: &Arc<Server>, why: std::io::Error) {
+        let mut pause = Duration::from_millis(100);
+        let mut reported = false;
+        while !self.stopping.load(Ordering::SeqCst) && Arc::ptr_eq(&self.server(), old) {
+            // Never a hot loop, whatever keeps failing.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
+            let fresh = self
+                .listener
+                .try_clone()
+                .map_err(|e| e.to_string())
+                .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()));
+            match fresh {
+                Ok(server) => {
+                    let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                    if Arc::ptr_eq(&current, old) {
+                        *current = Arc::new(server);
+                        drop(current);
+                        output::warn(
+                            None,
+                            &format!("http: accepting connections failed ({why}); listening again"),
+                            &[],
+                        );
+                        for _ in 0..WORKERS {
+                            old.unblock();
+                        }
+                    }
+                    return;
+                }
+                Err(e) if !reported => {
+                    reported = true;
+                    output::error(
+                        None,
+                        &format!("http: accepting connections failed ({why}); cannot listen again yet: {e}"),
+                        &[],
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle {
     if let Err(e) = sys::nodelay_for_accepted(&listener) {
-        crate::output::warn(None, &format!("cannot set TCP_NODELAY on the metrics listener: {e}"), &[]);
+        output::warn(None, &format!("cannot set TCP_NODELAY on the metrics listener: {e}"), &[]);
     }
-    // An idle or trickling client is answered 408 and closed, and one that does not read its
-    // response releases the worker, after IO_TIMEOUT per read or write.
-    if let Err(e) = sys::timeouts_for_accepted(&listener, IO_TIMEOUT) {
-        crate::output::warn(None, &format!("cannot set timeouts on the metrics listener: {e}"), &[]);
+    // A client that does not read its response releases the worker after IO_TIMEOUT. (Only the
+    // send timeout: a receive timeout on the listener would also time out accept(), and
+    // tiny_http stops listening on any accept error.)
+    if let Err(e) = sys::send_timeout_for_accepted(&listener, IO_TIMEOUT) {
+        output::warn(None, &format!("cannot set a send timeout on the metrics listener: {e}"), &[]);
     }
-    let server =
-        Arc::new(Server::from_listener(listener, None).expect("a bound listener is always accepted"));
+    let own = listener.try_clone().expect("a listening socket can be duplicated");
+    let server = Server::from_listener(listener, None).expect("a bound listener is always accepted");
+    let endpoint = Arc::new(Endpoint {
+        listener: own,
+        current: RwLock::new(Arc::new(server)),
+        stopping: AtomicBool::new(false),
+    });
     let scrape = Arc::new(Scrape {
         path: config.child_metrics_path.clone(),
         timeout: config.scrape_timeout,
@@ -72,18 +145,24 @@ pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle
     });
     let threads = (0..WORKERS)
         .map(|_| {
-            let (srv, view, scrape) = (server.clone(), view.clone(), scrape.clone());
+            let (endpoint, view, scrape) = (endpoint.clone(), view.clone(), scrape.clone());
             std::thread::Builder::new()
                 .name("http".into())
-                .spawn(move || {
-                    while let Ok(request) = srv.recv() {
-                        answer(request, &view, &scrape);
-                    }
-                })
+                .spawn(move || worker(&endpoint, &view, &scrape))
                 .expect("cannot start an http thread")
         })
         .collect();
-    Handle { server, threads }
+    Handle { endpoint, threads }
+}
+
+fn worker(endpoint: &Endpoint, view: &SharedView, scrape: &Scrape) {
+    while !endpoint.stopping.load(Ordering::SeqCst) {
+        let server = endpoint.server();
+        match server.recv() {
+            Ok(request) => answer(request, view, scrape),
+            Err(why) => endpoint.replace(&server, why),
+        }
+    }
 }
 
 /// What a request needs of the view, copied so the lock is held for microseconds only.

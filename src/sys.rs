@@ -169,27 +169,22 @@ pub fn nodelay_for_accepted(listener: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets receive and send timeouts on a listening socket; Linux copies them to every accepted
-/// connection, so each read or write on one waits at most `timeout`.
-pub fn timeouts_for_accepted(listener: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+/// Sets a send timeout on a listening socket; Linux copies it to every accepted connection, so
+/// each write on one waits at most `timeout`. (accept() itself obeys only the receive timeout.)
+pub fn send_timeout_for_accepted(listener: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a live timeval.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
     };
-    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a live timeval.
-        let r = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r == -1 {
-            return Err(io::Error::last_os_error());
-        }
+    if r == -1 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
