@@ -76,6 +76,7 @@ fn supervise(config: Config) -> u8 {
         }
     };
     sys::cloexec_inherited_fds();
+    sys::raise_nofile_limit();
     let path = std::env::var("PATH").ok();
     let preflight = match config::preflight(&config, path.as_deref()) {
         Ok(p) => p,
