@@ -102,22 +102,16 @@ pub fn become_subreaper() -> io::Result<()> {
 
 /// Raises the soft limit on open descriptors to the hard limit (as Go programs do at start):
 /// 12 plugins, their pipes and the HTTP clients should never run into a low default soft
-/// limit. Returns the limit now in force.
-pub fn raise_nofile_limit() -> Option<u64> {
+/// limit. Best effort: the limits stay as they were if the kernel says no.
+pub fn raise_nofile_limit() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write a live rlimit struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
         }
     }
-    Some(lim.rlim_cur as u64)
 }
 
 /// Marks every descriptor from 3 up close-on-exec, so whatever the supervisor inherited
