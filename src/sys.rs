@@ -166,35 +166,26 @@ pub fn grow_pipe(fd: RawFd, size: usize) {
 /// tiny_http writes a response's head and body separately, and without this Nagle's algorithm
 /// holds the body until the client's delayed ACK (40 ms) for the head arrives.
 pub fn nodelay_for_accepted(listener: &impl AsRawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
-    let r = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_socket_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &(1 as libc::c_int))
 }
 
 /// Sets a send timeout on a listening socket; Linux copies it to every accepted connection, so
 /// each write on one waits at most `timeout`. (accept() itself obeys only the receive timeout.)
 pub fn send_timeout_for_accepted(listener: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<()> {
     let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
-    // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a live timeval.
+    set_socket_option(listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)
+}
+
+/// setsockopt with a plain-data value (`c_int`, `timeval`).
+fn set_socket_option<T: Copy>(socket: &impl AsRawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<T>()` bytes from a live `T`, a plain C struct or int.
     let r = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            socket.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == -1 {
