@@ -34,22 +34,28 @@ def healthz(port):
         return False
 
 
+def time_start_and_stop(name, cmd, env, ready):
+    """Starts `cmd`, times until `ready()` holds, sends SIGTERM and times until it exited.
+    Returns (ready seconds, stop seconds, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ready():
+        if time.perf_counter() - t0 > 30:
+            proc.kill()
+            sys.exit(f"{name}: not ready in 30 s")
+        time.sleep(0.002)
+    up = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    return up, time.perf_counter() - t1, code
+
+
 def one_run(sup, standin, base):
     metrics = base + 20
     env = dict(os.environ, SUPERVISOR_COMMAND=standin, SUPERVISOR_PORT_BASE=str(base),
                SUPERVISOR_METRICS_ADDR=f"127.0.0.1:{metrics}")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sup], env=env, stdout=subprocess.DEVNULL)
-    while not healthz(metrics):
-        if time.perf_counter() - t0 > 30:
-            proc.kill()
-            sys.exit("not ready in 30 s")
-        time.sleep(0.002)
-    ready = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=15)
-    stop = time.perf_counter() - t1
+    ready, stop, code = time_start_and_stop("region-supervisor", [sup], env, lambda: healthz(metrics))
     if code != 0:
         sys.exit(f"exit code {code}")
     return ready, stop
@@ -63,18 +69,9 @@ def supervisord_run(standin, base, tmp):
         for i, r in enumerate(REGIONS):
             f.write(f"[program:{r}]\ncommand={standin}\nenvironment=REGION=\"{r}\",FINFOCUS_PLUGIN_PORT=\"{base + i}\"\n"
                     "stopwaitsecs=4\nstdout_logfile=/dev/null\nstderr_logfile=/dev/null\n")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(["supervisord", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not all(healthz(base + i) for i in range(12)):
-        if time.perf_counter() - t0 > 30:
-            proc.kill()
-            sys.exit("supervisord: not ready in 30 s")
-        time.sleep(0.002)
-    ready = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    return ready, time.perf_counter() - t1
+    ready, stop, _ = time_start_and_stop("supervisord", ["supervisord", "-c", conf], dict(os.environ),
+                                         lambda: all(healthz(base + i) for i in range(12)))
+    return ready, stop
 
 
 def main():
