@@ -15,6 +15,7 @@
 
 use std::time::SystemTime;
 
+use crate::bytes::put;
 use crate::config::LogFormat;
 use crate::output::rfc3339;
 
@@ -25,6 +26,9 @@ const TAIL_LINE_MAX: usize = 1024;
 
 pub struct Tagger {
     region: &'static str,
+    /// `[<region>] ` and `{"region":"<region>"`, the starts of tagged lines.
+    plain_prefix: Vec<u8>,
+    object_prefix: Vec<u8>,
     format: LogFormat,
     max_line: usize,
     /// The start of a line whose newline has not arrived yet; never longer than `max_line`.
@@ -42,6 +46,8 @@ impl Tagger {
     pub fn new(region: &'static str, format: LogFormat, max_line: usize) -> Tagger {
         Tagger {
             region,
+            plain_prefix: format!("[{region}] ").into_bytes(),
+            object_prefix: format!("{{\"region\":{}", serde_json::Value::from(region)).into_bytes(),
             format,
             max_line: max_line.max(4),
             pending: Vec::new(),
@@ -132,15 +138,15 @@ impl Tagger {
         self.lines += 1;
         self.tail.remember(line);
         let trimmed = trim_json_ws(line);
-        if trimmed.first() == Some(&b'{') && inject_region(trimmed, self.region, &mut self.scratch, out) {
+        if trimmed.first() == Some(&b'{')
+            && inject_region(trimmed, self.region, &self.object_prefix, &mut self.scratch, out)
+        {
             return;
         }
         match self.format {
             LogFormat::Inject => {
-                out.push(b'[');
-                out.extend_from_slice(self.region.as_bytes());
-                out.extend_from_slice(b"] ");
-                out.extend_from_slice(line);
+                put(out, &self.plain_prefix);
+                put(out, line);
                 out.push(b'\n');
             }
             LogFormat::Json => {
@@ -279,34 +285,41 @@ pub fn json_string(s: &[u8], out: &mut Vec<u8>) {
 
 /// If `obj` (trimmed, starting with '{') is exactly one valid JSON object, writes it with the
 /// `region` member first and returns true; otherwise writes nothing and returns false.
-fn inject_region(obj: &[u8], region: &str, scratch: &mut json::Scratch, out: &mut Vec<u8>) -> bool {
+/// `prefix` is `{"region":"<region>"`.
+fn inject_region(
+    obj: &[u8],
+    region: &str,
+    prefix: &[u8],
+    scratch: &mut json::Scratch,
+    out: &mut Vec<u8>,
+) -> bool {
     let Some(has_region) = json::scan_object(obj, scratch, None) else { return false };
-    out.extend_from_slice(b"{\"region\":\"");
-    out.extend_from_slice(region.as_bytes());
-    out.push(b'"');
-    let inside = &obj[1..obj.len() - 1];
+    put(out, prefix);
     if !has_region {
-        // The common case: copy the inside of the object verbatim.
-        if !trim_json_ws(inside).is_empty() {
+        // The common case: copy the inside of the object verbatim, with its closing brace.
+        if trim_json_ws(&obj[1..obj.len() - 1]).is_empty() {
+            out.push(b'}');
+        } else {
             out.push(b',');
-            out.extend_from_slice(inside);
+            put(out, &obj[1..]);
         }
-    } else {
-        // Rare: the child has its own `region`. Walk the members once more, keeping each
-        // byte for byte, dropping an equal `region` and renaming a different one.
-        let mut members = Vec::new();
-        json::scan_object(obj, scratch, Some(&mut members));
-        for m in &members {
-            if m.is_region && json::string_equals(&obj[m.value.clone()], region) {
-                continue; // the same region: keep one `region` member, ours
-            }
-            out.push(b',');
-            if m.is_region {
-                out.extend_from_slice(b"\"exported_region\"");
-                out.extend_from_slice(&obj[m.key.end..m.value.end]);
-            } else {
-                out.extend_from_slice(&obj[m.key.start..m.value.end]);
-            }
+        out.push(b'\n');
+        return true;
+    }
+    // Rare: the child has its own `region`. Walk the members once more, keeping each byte for
+    // byte, dropping an equal `region` and renaming a different one.
+    let mut members = Vec::new();
+    json::scan_object(obj, scratch, Some(&mut members));
+    for m in &members {
+        if m.is_region && json::string_equals(&obj[m.value.clone()], region) {
+            continue; // the same region: keep one `region` member, ours
+        }
+        out.push(b',');
+        if m.is_region {
+            out.extend_from_slice(b"\"exported_region\"");
+            out.extend_from_slice(&obj[m.key.end..m.value.end]);
+        } else {
+            out.extend_from_slice(&obj[m.key.start..m.value.end]);
         }
     }
     out.extend_from_slice(b"}\n");
@@ -317,10 +330,10 @@ fn inject_region(obj: &[u8], region: &str, scratch: &mut json::Scratch, out: &mu
 /// Iterative (an explicit stack), so no input can overflow the thread's stack; allocation-free
 /// on the common path (the scratch memory is the caller's, reused).
 ///
-/// Two passes for speed. The first looks at the line eight bytes at a time: if it has no
-/// backslash and no control character (most log lines), every `"` delimits a string, so it
-/// records where each one is, and whether any byte is non-ASCII. The grammar walk then jumps
-/// over each string in one step. Lines with escapes or control characters take the same walk
+/// Two passes for speed. The first looks at the line 64 bytes at a time (with SSE2 on
+/// x86_64): if it has no backslash and no control character (most log lines), every `"`
+/// delimits a string, so it keeps a bitmap of the quotes, and notes whether any byte is
+/// non-ASCII. The grammar walk then jumps over each string with one bit scan. Lines with escapes or control characters take the same walk
 /// with strings scanned byte by byte.
 mod json {
     use std::ops::Range;
@@ -362,12 +375,12 @@ mod json {
     pub struct Scratch {
         /// What closes each open container: b'}' or b']'.
         stack: Vec<u8>,
-        /// Positions of the `"` bytes of a line without escapes.
-        quotes: Vec<u32>,
+        /// For a line without escapes: bit `k` of word `w` is set when byte `64 * w + k` is
+        /// a `"`.
+        quotes: Vec<u64>,
     }
 
     const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
 
     /// High bit set in exactly the bytes of `x` equal to `b` (no carries cross bytes).
@@ -382,75 +395,101 @@ mod json {
         bytes_equal(x & (ONES * 0xE0), 0)
     }
 
-    /// The first pass: `Some(non_ascii)` with every quote position recorded, or `None` when
-    /// the line has a backslash or a control character (the walk then scans strings itself).
-    fn index_quotes(s: &[u8], quotes: &mut Vec<u32>) -> Option<bool> {
-        quotes.clear();
-        #[cfg(target_arch = "x86_64")]
-        let (done, high) = index_quotes_sse2(s, quotes)?;
-        #[cfg(not(target_arch = "x86_64"))]
-        let (done, high) = (0, false);
-        index_quotes_swar(s, done, high, quotes)
+    /// Sixty-four bytes classified: bit `k` of `quote` is set when byte `k` is a `"`;
+    /// `special` is non-zero when some byte is a backslash or a control character, `high`
+    /// when some byte is not ASCII.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Block {
+        quote: u64,
+        special: u64,
+        high: u64,
     }
 
-    /// Sixteen bytes at a time with SSE2 (part of every x86_64 CPU). Returns how far it got
-    /// and whether it saw a non-ASCII byte; the rest is left to `index_quotes_swar`.
+    /// The classifier of this CPU: SSE2 (part of every x86_64 CPU), or plain integer
+    /// arithmetic elsewhere.
     #[cfg(target_arch = "x86_64")]
-    fn index_quotes_sse2(s: &[u8], quotes: &mut Vec<u32>) -> Option<(usize, bool)> {
+    const CLASSIFY: fn(&[u8; 64]) -> Block = classify_sse2;
+    #[cfg(not(target_arch = "x86_64"))]
+    const CLASSIFY: fn(&[u8; 64]) -> Block = classify_swar;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn classify_sse2(block: &[u8; 64]) -> Block {
         use std::arch::x86_64::*;
-        let mut high = 0;
-        let mut i = 0;
         // SAFETY: SSE2 is in the x86_64 baseline, so these intrinsics are always available;
-        // every load reads 16 bytes starting at `i` with `i + 16 <= s.len()`, unaligned.
+        // the loads read the 64 bytes of `block`, 16 at a time, unaligned.
         unsafe {
-            let quote = _mm_set1_epi8(b'"' as i8);
-            let backslash = _mm_set1_epi8(b'\\' as i8);
-            let max_control = _mm_set1_epi8(0x1F);
-            while i + 16 <= s.len() {
-                let x = _mm_loadu_si128(s.as_ptr().add(i).cast());
+            let (quote, backslash, max_control) =
+                (_mm_set1_epi8(b'"' as i8), _mm_set1_epi8(b'\\' as i8), _mm_set1_epi8(0x1F));
+            let (mut quotes, mut special, mut all) = (0u64, _mm_setzero_si128(), _mm_setzero_si128());
+            for k in 0..4 {
+                let x = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
+                quotes |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(x, quote)) as u16) << (16 * k);
                 // x <= 0x1F unsigned  <=>  min(x, 0x1F) == x
                 let control = _mm_cmpeq_epi8(_mm_min_epu8(x, max_control), x);
-                if _mm_movemask_epi8(_mm_or_si128(control, _mm_cmpeq_epi8(x, backslash))) != 0 {
-                    return None;
-                }
-                let mut bits = _mm_movemask_epi8(_mm_cmpeq_epi8(x, quote)) as u32;
-                while bits != 0 {
-                    quotes.push((i + bits.trailing_zeros() as usize) as u32);
-                    bits &= bits - 1;
-                }
-                high |= _mm_movemask_epi8(x);
-                i += 16;
+                special = _mm_or_si128(special, _mm_or_si128(control, _mm_cmpeq_epi8(x, backslash)));
+                all = _mm_or_si128(all, x);
+            }
+            Block {
+                quote: quotes,
+                special: _mm_movemask_epi8(special) as u64,
+                high: _mm_movemask_epi8(all) as u64,
             }
         }
-        Some((i, high != 0))
     }
 
-    /// Eight bytes at a time in plain integer arithmetic, from `start` on.
-    fn index_quotes_swar(s: &[u8], start: usize, mut high: bool, quotes: &mut Vec<u32>) -> Option<bool> {
-        let mut i = start;
-        let mut record = |mut bits: u64, base: usize| {
-            while bits != 0 {
-                quotes.push((base + (bits.trailing_zeros() / 8) as usize) as u32);
-                bits &= bits - 1;
-            }
-        };
-        while let Some(word) = s.get(i..i + 8) {
+    #[cfg(any(test, not(target_arch = "x86_64")))]
+    fn classify_swar(block: &[u8; 64]) -> Block {
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        // The high bits of the bytes of `m`, gathered into the low byte: the multiplication
+        // moves byte k's bit to bit 56 + k, and no two partial products meet.
+        let gather = |m: u64| (((m & HIGH) >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56;
+        let mut out = Block { quote: 0, special: 0, high: 0 };
+        for (k, word) in block.chunks_exact(8).enumerate() {
             let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            if bytes_control(x) | bytes_equal(x, b'\\') != 0 {
-                return None;
-            }
-            record(bytes_equal(x, b'"'), i);
-            high |= x & HIGH != 0;
-            i += 8;
+            out.quote |= gather(bytes_equal(x, b'"')) << (8 * k);
+            out.special |= bytes_control(x) | bytes_equal(x, b'\\');
+            out.high |= x & HIGH;
         }
-        for (k, &b) in s[i..].iter().enumerate() {
-            match b {
-                0..=0x1F | b'\\' => return None,
-                b'"' => record(0x80, i + k),
-                _ => high |= b >= 0x80,
-            }
+        out
+    }
+
+    /// The first pass: `Some(non_ascii)` with the quote bitmap of `s` in `quotes`, or `None`
+    /// when the line has a backslash or a control character (the walk then scans strings
+    /// itself).
+    #[inline(always)]
+    fn index_quotes(s: &[u8], quotes: &mut Vec<u64>, classify: fn(&[u8; 64]) -> Block) -> Option<bool> {
+        quotes.clear();
+        let (mut special, mut high) = (0, 0);
+        let mut blocks = s.chunks_exact(64);
+        let mut add = |b: Block| {
+            quotes.push(b.quote);
+            special |= b.special;
+            high |= b.high;
+        };
+        for block in &mut blocks {
+            add(classify(block.try_into().expect("64 bytes")));
         }
-        Some(high)
+        let rest = blocks.remainder();
+        if !rest.is_empty() {
+            // Spaces pad the last block: they are neither quotes nor special nor high.
+            let mut last = [b' '; 64];
+            crate::bytes::copy(rest, &mut last);
+            add(classify(&last));
+        }
+        (special == 0).then_some(high != 0)
+    }
+
+    /// The position of the first quote at or after `from`, in a bitmap from `index_quotes`.
+    #[inline(always)]
+    fn next_quote(quotes: &[u64], from: usize) -> Option<usize> {
+        let mut w = from / 64;
+        let mut bits = quotes.get(w)? & (!0u64 << (from % 64));
+        while bits == 0 {
+            w += 1;
+            bits = *quotes.get(w)?;
+        }
+        Some(64 * w + bits.trailing_zeros() as usize)
     }
 
     /// If `s` is exactly one JSON object (no trailing bytes): whether it has a top-level
@@ -463,14 +502,14 @@ mod json {
         if s.len() > u32::MAX as usize {
             return None;
         }
-        let plain = index_quotes(s, &mut scratch.quotes);
+        let plain = index_quotes(s, &mut scratch.quotes, CLASSIFY);
         if plain == Some(true) {
             // Non-ASCII is legal only inside strings; one check of the whole line covers them.
             std::str::from_utf8(s).ok()?;
         }
         let quotes = if plain.is_some() { Some(&scratch.quotes[..]) } else { None };
         let stack = &mut scratch.stack;
-        let mut p = Scanner { s, i: 0, quotes, q: 0 };
+        let mut p = Scanner { s, i: 0, quotes };
         let mut has_region = false;
         p.expect(b'{')?;
         p.ws();
@@ -514,9 +553,16 @@ mod json {
 
     /// The dispatched version and the portable one, for the tests to compare.
     #[cfg(test)]
-    pub fn index_quotes_for_tests(s: &[u8]) -> [Option<(bool, Vec<u32>)>; 2] {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        [index_quotes(s, &mut a).map(|h| (h, a)), index_quotes_swar(s, 0, false, &mut b).map(|h| (h, b))]
+    pub fn index_quotes_for_tests(s: &[u8]) -> [Option<(bool, Vec<usize>)>; 2] {
+        [CLASSIFY, classify_swar as fn(&[u8; 64]) -> Block].map(|classify| {
+            let mut bitmap = Vec::new();
+            let high = index_quotes(s, &mut bitmap, classify)?;
+            let mut at = Vec::new();
+            while let Some(q) = next_quote(&bitmap, at.last().map_or(0, |&q| q + 1)) {
+                at.push(q);
+            }
+            Some((high, at))
+        })
     }
 
     /// Whether the JSON text `raw` is a string equal to `want`.
@@ -533,10 +579,8 @@ mod json {
     struct Scanner<'a> {
         s: &'a [u8],
         i: usize,
-        /// Quote positions from the first pass, when the line has no escapes.
-        quotes: Option<&'a [u32]>,
-        /// The next unused entry of `quotes`.
-        q: usize,
+        /// The quote bitmap from the first pass, when the line has no escapes.
+        quotes: Option<&'a [u64]>,
     }
 
     impl Scanner<'_> {
@@ -561,16 +605,22 @@ mod json {
         }
 
         /// A string; returns whether it had escapes.
+        #[inline(always)]
         fn string(&mut self) -> Option<bool> {
-            if let Some(quotes) = self.quotes {
+            match self.quotes {
                 // No escapes in this line: this quote and the next delimit the string.
-                if quotes.get(self.q).copied() != Some(self.i as u32) {
-                    return None;
+                Some(quotes) if self.peek() == Some(b'"') => {
+                    self.i = next_quote(quotes, self.i + 1)? + 1;
+                    Some(false)
                 }
-                self.i = *quotes.get(self.q + 1)? as usize + 1;
-                self.q += 2;
-                return Some(false);
+                Some(_) => None,
+                None => self.escaped_string(),
             }
+        }
+
+        /// A string of a line with escapes or control characters, byte by byte.
+        #[inline(never)]
+        fn escaped_string(&mut self) -> Option<bool> {
             self.expect(b'"')?;
             let start = self.i;
             let mut escaped = false;
@@ -777,9 +827,9 @@ mod tests {
     #[test]
     fn quote_index_is_exact() {
         // `"#` is where a borrowing zero-byte test would report a second, false quote.
-        for len in 0..40usize {
+        for len in 0..200usize {
             let mut v: Vec<u8> = (0..len).map(|i| [b'a', b'#', b'"', b'#', 0x7F, 0xE9][i % 6]).collect();
-            let want: Vec<u32> = (0..len as u32).filter(|&i| v[i as usize] == b'"').collect();
+            let want: Vec<usize> = (0..len).filter(|&i| v[i] == b'"').collect();
             let expect = Some((len > 5, want));
             assert_eq!(json::index_quotes_for_tests(&v), [expect.clone(), expect], "{v:?}");
             for bad in [b'\\', 0x00, 0x1F, b'\t'] {

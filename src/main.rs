@@ -5,6 +5,7 @@
 //! signals (`signals.rs`, also reaps), stdout (`output.rs`), one per region (`region.rs`),
 //! http (`server.rs`), and short-lived probe threads.
 
+mod bytes;
 mod cli;
 mod config;
 mod exposition;
