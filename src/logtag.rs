@@ -408,9 +408,9 @@ mod json {
     /// The classifier of this CPU: SSE2 (part of every x86_64 CPU), or plain integer
     /// arithmetic elsewhere.
     #[cfg(target_arch = "x86_64")]
-    const CLASSIFY: fn(&[u8; 64]) -> Block = classify_sse2;
+    use classify_sse2 as classify;
     #[cfg(not(target_arch = "x86_64"))]
-    const CLASSIFY: fn(&[u8; 64]) -> Block = classify_swar;
+    use classify_swar as classify;
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -458,7 +458,7 @@ mod json {
     /// when the line has a backslash or a control character (the walk then scans strings
     /// itself).
     #[inline(always)]
-    fn index_quotes(s: &[u8], quotes: &mut Vec<u64>, classify: fn(&[u8; 64]) -> Block) -> Option<bool> {
+    fn index_quotes(s: &[u8], quotes: &mut Vec<u64>, classify: impl Fn(&[u8; 64]) -> Block) -> Option<bool> {
         quotes.clear();
         let (mut special, mut high) = (0, 0);
         let mut blocks = s.chunks_exact(64);
@@ -499,15 +499,17 @@ mod json {
         scratch: &mut Scratch,
         mut members: Option<&mut Vec<Member>>,
     ) -> Option<bool> {
-        if s.len() > u32::MAX as usize {
-            return None;
-        }
-        let plain = index_quotes(s, &mut scratch.quotes, CLASSIFY);
+        let plain = index_quotes(s, &mut scratch.quotes, classify);
         if plain == Some(true) {
             // Non-ASCII is legal only inside strings; one check of the whole line covers them.
             std::str::from_utf8(s).ok()?;
         }
         let quotes = if plain.is_some() { Some(&scratch.quotes[..]) } else { None };
+        if let (Some(quotes), None) = (quotes, &members) {
+            if let Some(has_region) = compact_object(s, quotes) {
+                return Some(has_region);
+            }
+        }
         let stack = &mut scratch.stack;
         let mut p = Scanner { s, i: 0, quotes };
         let mut has_region = false;
@@ -546,6 +548,100 @@ mod json {
         (p.i == s.len()).then_some(has_region)
     }
 
+    /// The shape of most log lines, decided in one tight loop: an object without whitespace
+    /// whose values are strings, numbers or literals, in a line without escapes (`quotes` is
+    /// its bitmap). `Some(has_region)` when `s` is such an object; `None` when it is not, or
+    /// not sure: the full walk then decides. It never accepts what the full walk would
+    /// reject (the tests run both on every generated line).
+    #[inline(always)]
+    fn compact_object(s: &[u8], quotes: &[u64]) -> Option<bool> {
+        let n = s.len();
+        if n < 2 || s[0] != b'{' || s[n - 1] != b'}' {
+            return None;
+        }
+        if n == 2 {
+            return Some(false);
+        }
+        // Plain locals rather than a `Scanner`, so everything stays in registers.
+        let at = |i: usize| s.get(i).copied();
+        let mut has_region = false;
+        let mut i = 1;
+        loop {
+            let key_end = string_end(s, quotes, i)?;
+            has_region |= key_end - i == 8 && &s[i + 1..key_end - 1] == b"region";
+            if at(key_end)? != b':' {
+                return None;
+            }
+            i = key_end + 1;
+            i = match at(i)? {
+                b'"' => string_end(s, quotes, i)?,
+                b'-' | b'0'..=b'9' => number_end(s, i)?,
+                b't' if s.get(i..i + 4)? == b"true" => i + 4,
+                b'f' if s.get(i..i + 5)? == b"false" => i + 5,
+                b'n' if s.get(i..i + 4)? == b"null" => i + 4,
+                _ => return None,
+            };
+            match at(i)? {
+                b',' => i += 1,
+                b'}' => return (i + 1 == n).then_some(has_region),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Where the string starting at `i` ends (after its closing quote), in a line without
+    /// escapes whose quote bitmap is `quotes`.
+    #[inline(always)]
+    fn string_end(s: &[u8], quotes: &[u64], i: usize) -> Option<usize> {
+        if s.get(i)? == &b'"' {
+            Some(next_quote(quotes, i + 1)? + 1)
+        } else {
+            None
+        }
+    }
+
+    /// Where the JSON number starting at `i` ends, if one does.
+    #[inline(always)]
+    fn number_end(s: &[u8], mut i: usize) -> Option<usize> {
+        let digits = |mut i: usize| {
+            while matches!(s.get(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+            i
+        };
+        if s.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match s.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => i = digits(i + 1),
+            _ => return None,
+        }
+        if s.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            (end > i + 1).then_some(())?;
+            i = end;
+        }
+        if matches!(s.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(s.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let end = digits(i);
+            (end > i).then_some(())?;
+            i = end;
+        }
+        Some(i)
+    }
+
+    /// What the compact path alone says of `s`.
+    #[cfg(test)]
+    pub fn compact_for_tests(s: &[u8]) -> Option<bool> {
+        let mut quotes = Vec::new();
+        index_quotes(s, &mut quotes, classify)?;
+        compact_object(s, &quotes)
+    }
+
     #[cfg(test)]
     pub fn stop_index_for_tests(s: &[u8]) -> Option<usize> {
         stop_index(s)
@@ -554,7 +650,7 @@ mod json {
     /// The dispatched version and the portable one, for the tests to compare.
     #[cfg(test)]
     pub fn index_quotes_for_tests(s: &[u8]) -> [Option<(bool, Vec<usize>)>; 2] {
-        [CLASSIFY, classify_swar as fn(&[u8; 64]) -> Block].map(|classify| {
+        [classify as fn(&[u8; 64]) -> Block, classify_swar].map(|classify| {
             let mut bitmap = Vec::new();
             let high = index_quotes(s, &mut bitmap, classify)?;
             let mut at = Vec::new();
@@ -653,36 +749,8 @@ mod json {
             }
         }
 
-        fn digits(&mut self) -> usize {
-            let start = self.i;
-            while matches!(self.peek(), Some(b'0'..=b'9')) {
-                self.i += 1;
-            }
-            self.i - start
-        }
-
         fn number(&mut self) -> Option<()> {
-            if self.peek() == Some(b'-') {
-                self.i += 1;
-            }
-            match self.peek()? {
-                b'0' => self.i += 1,
-                b'1'..=b'9' => {
-                    self.digits();
-                }
-                _ => return None,
-            }
-            if self.peek() == Some(b'.') {
-                self.i += 1;
-                (self.digits() > 0).then_some(())?;
-            }
-            if matches!(self.peek(), Some(b'e' | b'E')) {
-                self.i += 1;
-                if matches!(self.peek(), Some(b'+' | b'-')) {
-                    self.i += 1;
-                }
-                (self.digits() > 0).then_some(())?;
-            }
+            self.i = number_end(self.s, self.i)?;
             Some(())
         }
 
@@ -1089,6 +1157,112 @@ mod properties {
             injected > cases as usize && exported > 100 && pieces > 100,
             "{injected} {exported} {pieces}"
         );
+    }
+
+    /// The compact fast path and the full walk must agree on every line, and both with
+    /// serde_json on what is an object: lines close to the compact shape, then damaged.
+    #[test]
+    fn the_compact_path_agrees_with_the_full_walk() {
+        const VALUES: &[&[u8]] = &[
+            b"\"v\"",
+            b"\"\"",
+            b"\"\xc3\xa9\"",
+            b"0",
+            b"-0",
+            b"12",
+            b"-3.25",
+            b"1e5",
+            b"1E+2",
+            b"2.5e-3",
+            b"true",
+            b"false",
+            b"null",
+            b"{}",
+            b"[]",
+            b"[1,\"a\"]",
+            b"{\"x\":1}",
+        ];
+        const DAMAGE: &[&[u8]] = &[
+            b"01",
+            b"1.",
+            b"-",
+            b"1e",
+            b".5",
+            b"tru",
+            b"nul",
+            b"falsey",
+            b"+1",
+            b" ",
+            b"\t",
+            b"\\",
+            b"\"",
+            b":",
+            b",",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\xff",
+            b"\xc3",
+            b"x",
+            b"\"region\"",
+        ];
+        let cases: u64 = std::env::var("LOGTAG_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+        let (mut scratch, mut members) = (json::Scratch::default(), Vec::new());
+        let (mut fast, mut objects) = (0, 0);
+        for seed in 1..=cases * 5 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let mut line = b"{".to_vec();
+            for m in 0..rng.below(8) {
+                if m > 0 {
+                    line.push(b',');
+                }
+                let key = ["\"k\"", "\"region\"", "\"regio\"", "\"regions\""][rng.below(4) as usize];
+                line.extend_from_slice(key.as_bytes());
+                line.push(b':');
+                line.extend_from_slice(VALUES[rng.below(VALUES.len() as u64) as usize]);
+            }
+            line.push(b'}');
+            // Long lines cross the 64-byte blocks of the quote bitmap.
+            if rng.below(4) == 0 {
+                let pad = "p".repeat(rng.below(130) as usize);
+                line.splice(
+                    1..1,
+                    format!("\"{pad}\":\"{pad}\"{}", if line.len() > 2 { "," } else { "" }).into_bytes(),
+                );
+            }
+            for _ in 0..rng.below(3) {
+                let at = rng.below(line.len() as u64 + 1) as usize;
+                match rng.below(3) {
+                    0 if at < line.len() => {
+                        line.remove(at);
+                    }
+                    _ => {
+                        let d = DAMAGE[rng.below(DAMAGE.len() as u64) as usize];
+                        line.splice(at..at, d.iter().copied());
+                    }
+                }
+            }
+            let line = trim_json_ws(&line);
+            let full = json::scan_object(line, &mut scratch, Some(&mut members));
+            members.clear();
+            assert_eq!(
+                json::scan_object(line, &mut scratch, None),
+                full,
+                "seed {seed}: {:?}",
+                String::from_utf8_lossy(line)
+            );
+            // `IgnoredAny` checks the grammar without converting numbers (a `Value` would refuse
+            // `1e999` as out of range); a JSON text is UTF-8 throughout.
+            let is_object = line.first() == Some(&b'{')
+                && std::str::from_utf8(line).is_ok()
+                && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok();
+            assert_eq!(full.is_some(), is_object, "seed {seed}: {:?}", String::from_utf8_lossy(line));
+            objects += usize::from(is_object);
+            fast += usize::from(json::compact_for_tests(line).is_some());
+        }
+        // Both paths must actually be exercised.
+        assert!(fast > cases as usize && objects > fast + cases as usize, "{fast} {objects}");
     }
 
     fn check_line(seed: u64, line: &[u8], want: &[u8]) {
