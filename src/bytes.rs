@@ -31,18 +31,6 @@ pub fn put(out: &mut Vec<u8>, src: &[u8]) {
     }
 }
 
-/// Copies `src` to the start of `dst`, which must be at least as long.
-#[inline]
-pub fn copy(src: &[u8], dst: &mut [u8]) {
-    let dst = &mut dst[..src.len()];
-    if src.len() >= LONG {
-        dst.copy_from_slice(src);
-    } else {
-        // SAFETY: `dst` has exactly `src.len()` bytes and is a separate, exclusive borrow.
-        unsafe { copy_short(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
-    }
-}
-
 /// Copies `n < LONG` bytes. Each size class moves its first and last `W` bytes (the two may
 /// overlap), so no byte-by-byte tail loop is needed.
 ///

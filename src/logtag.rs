@@ -470,11 +470,16 @@ mod json {
         for block in &mut blocks {
             add(classify(block.try_into().expect("64 bytes")));
         }
-        let rest = blocks.remainder();
-        if !rest.is_empty() {
-            // Spaces pad the last block: they are neither quotes nor special nor high.
+        let rest = blocks.remainder().len();
+        if rest > 0 && s.len() >= 64 {
+            // The last 64 bytes of the line, whose first `64 - rest` were counted already:
+            // their quotes are shifted out; seeing their other bytes twice changes nothing.
+            let last = classify(s[s.len() - 64..].try_into().expect("64 bytes"));
+            add(Block { quote: last.quote >> (64 - rest), ..last });
+        } else if rest > 0 {
+            // A short line: spaces pad it, as they are neither quotes nor special nor high.
             let mut last = [b' '; 64];
-            crate::bytes::copy(rest, &mut last);
+            last[..rest].copy_from_slice(s);
             add(classify(&last));
         }
         (special == 0).then_some(high != 0)
