@@ -4,8 +4,9 @@
 //! `extend_from_slice` hands each run to the C library's `memcpy`; glibc's is quick for short
 //! runs, but musl's (the static build that ships) starts every copy with `rep movsq` and byte
 //! loops, which costs more than the copy itself at log-line sizes: it halved the tagger's
-//! throughput. `put` copies short runs with a few unaligned 16-, 8-, 4- or 1-byte moves that
-//! the compiler turns into plain register loads and stores, and leaves long runs to `memcpy`.
+//! throughput. `put` copies short runs with a few unaligned 32-, 16-, 8-, 4- or 1-byte moves
+//! that the compiler turns into plain register loads and stores, and leaves long runs to
+//! `memcpy`.
 
 use std::ptr;
 
@@ -44,12 +45,15 @@ unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
     }
     // SAFETY (for every `mv` below): each offset plus the width stays within `n`.
     unsafe {
-        if n >= 16 {
+        if n >= 32 {
             let mut at = 0;
-            while at + 16 < n {
-                mv::<[u8; 16]>(src, dst, at);
-                at += 16;
+            while at + 32 < n {
+                mv::<[u8; 32]>(src, dst, at);
+                at += 32;
             }
+            mv::<[u8; 32]>(src, dst, n - 32);
+        } else if n >= 16 {
+            mv::<[u8; 16]>(src, dst, 0);
             mv::<[u8; 16]>(src, dst, n - 16);
         } else if n >= 8 {
             mv::<u64>(src, dst, 0);
