@@ -54,20 +54,23 @@ def make_data(path, lines):
 def drain(fd, markers, on_tick=None, marker=MARKER, begin=BEGIN):
     """Reads fd until `markers` end markers were seen; returns the seconds from the first
     `begin` marker (the first byte of data, so process start-up is not counted) to the last end
-    marker. Kept as cheap as possible (no line counting) so the reader is never the bottleneck."""
-    seen = total = 0
+    marker. Kept as cheap as possible so the reader is never the bottleneck: one reused buffer
+    (no fresh 1 MiB object, and its page faults, per read) and no line counting."""
+    seen = 0
     started = None
-    tail = b""
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
     k = len(marker)
+    tail = b""
     while seen < markers:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
+        n = os.readv(fd, [view])
+        if not n:
             break
-        total += len(chunk)
-        if started is None and (begin is None or begin in chunk):
+        if started is None and (begin is None or buf.find(begin, 0, n) >= 0):
             started = time.perf_counter()
-        seen += chunk.count(marker) + (tail + chunk[:k - 1]).count(marker)
-        tail = chunk[-(k - 1):]
+        # A marker may straddle two reads: look at the last k-1 bytes with the first k-1.
+        seen += buf.count(marker, 0, n) + (tail + bytes(view[:min(k - 1, n)])).count(marker)
+        tail = bytes(view[max(0, n - (k - 1)):n])
         if on_tick:
             on_tick()
     return time.perf_counter() - started
