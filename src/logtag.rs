@@ -333,8 +333,8 @@ fn inject_region(
 /// Two passes for speed. The first looks at the line 64 bytes at a time (with SSE2 on
 /// x86_64): if it has no backslash and no control character (most log lines), every `"`
 /// delimits a string, so it keeps a bitmap of the quotes, and notes whether any byte is
-/// non-ASCII. The grammar walk then jumps over each string with one bit scan. Lines with escapes or control characters take the same walk
-/// with strings scanned byte by byte.
+/// non-ASCII. The grammar walk then jumps over each string with one bit scan. Lines with
+/// escapes or control characters take the same walk with strings scanned byte by byte.
 mod json {
     use std::ops::Range;
 
@@ -573,7 +573,7 @@ mod json {
         let mut i = 1;
         loop {
             let key_end = string_end(s, quotes, i)?;
-            has_region |= key_end - i == 8 && &s[i + 1..key_end - 1] == b"region";
+            has_region |= &s[i..key_end] == b"\"region\"";
             if at(key_end)? != b':' {
                 return None;
             }
@@ -581,9 +581,9 @@ mod json {
             i = match at(i)? {
                 b'"' => string_end(s, quotes, i)?,
                 b'-' | b'0'..=b'9' => number_end(s, i)?,
-                b't' if s.get(i..i + 4)? == b"true" => i + 4,
-                b'f' if s.get(i..i + 5)? == b"false" => i + 5,
-                b'n' if s.get(i..i + 4)? == b"null" => i + 4,
+                b't' => literal_end(s, i, b"true")?,
+                b'f' => literal_end(s, i, b"false")?,
+                b'n' => literal_end(s, i, b"null")?,
                 _ => return None,
             };
             match at(i)? {
@@ -603,6 +603,13 @@ mod json {
         } else {
             None
         }
+    }
+
+    /// Where `word` ends if it stands at `i`.
+    #[inline(always)]
+    fn literal_end(s: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+        let end = i + word.len();
+        (s.get(i..end)? == word).then_some(end)
     }
 
     /// Where the JSON number starting at `i` ends, if one does.
@@ -710,11 +717,10 @@ mod json {
         fn string(&mut self) -> Option<bool> {
             match self.quotes {
                 // No escapes in this line: this quote and the next delimit the string.
-                Some(quotes) if self.peek() == Some(b'"') => {
-                    self.i = next_quote(quotes, self.i + 1)? + 1;
+                Some(quotes) => {
+                    self.i = string_end(self.s, quotes, self.i)?;
                     Some(false)
                 }
-                Some(_) => None,
                 None => self.escaped_string(),
             }
         }
@@ -760,8 +766,8 @@ mod json {
         }
 
         fn literal(&mut self, word: &[u8]) -> Option<()> {
-            let end = self.i + word.len();
-            (self.s.get(self.i..end)? == word).then(|| self.i = end)
+            self.i = literal_end(self.s, self.i, word)?;
+            Some(())
         }
 
         /// One value of any kind; containers are walked with an explicit stack.
