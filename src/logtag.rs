@@ -330,11 +330,12 @@ fn inject_region(
 /// Iterative (an explicit stack), so no input can overflow the thread's stack; allocation-free
 /// on the common path (the scratch memory is the caller's, reused).
 ///
-/// Two passes for speed. The first looks at the line 64 bytes at a time (with SSE2 on
-/// x86_64): if it has no backslash and no control character (most log lines), every `"`
-/// delimits a string, so it keeps a bitmap of the quotes, and notes whether any byte is
-/// non-ASCII. The grammar walk then jumps over each string with one bit scan. Lines with
-/// escapes or control characters take the same walk with strings scanned byte by byte.
+/// Lines are looked at 64 bytes at a time (with SSE2 on x86_64), as bitmaps of their quotes,
+/// colons and commas. In a line without backslashes and control characters (most log
+/// lines) every `"` delimits a string, and the common shape, a flat object without
+/// whitespace, is checked on the bitmaps alone (`compact_object`). Other lines take a
+/// grammar walk, which jumps over each string with one bit scan when the line has no
+/// escapes, and scans strings byte by byte when it has.
 mod json {
     use std::ops::Range;
 
@@ -395,12 +396,14 @@ mod json {
         bytes_equal(x & (ONES * 0xE0), 0)
     }
 
-    /// Sixty-four bytes classified: bit `k` of `quote` is set when byte `k` is a `"`;
-    /// `special` is non-zero when some byte is a backslash or a control character, `high`
-    /// when some byte is not ASCII.
+    /// Sixty-four bytes classified: bit `k` of `quote` is set when byte `k` is a `"`, and
+    /// so on; `special` is non-zero when some byte is a backslash or a control character,
+    /// `high` when some byte is not ASCII.
     #[derive(Clone, Copy, Debug, PartialEq)]
     struct Block {
         quote: u64,
+        colon: u64,
+        comma: u64,
         special: u64,
         high: u64,
     }
@@ -419,12 +422,17 @@ mod json {
         // SAFETY: SSE2 is in the x86_64 baseline, so these intrinsics are always available;
         // the loads read the 64 bytes of `block`, 16 at a time, unaligned.
         unsafe {
-            let (quote, backslash, max_control) =
-                (_mm_set1_epi8(b'"' as i8), _mm_set1_epi8(b'\\' as i8), _mm_set1_epi8(0x1F));
-            let (mut quotes, mut special, mut all) = (0u64, _mm_setzero_si128(), _mm_setzero_si128());
+            let (quote, colon, comma) =
+                (_mm_set1_epi8(b'"' as i8), _mm_set1_epi8(b':' as i8), _mm_set1_epi8(b',' as i8));
+            let (backslash, max_control) = (_mm_set1_epi8(b'\\' as i8), _mm_set1_epi8(0x1F));
+            let mask = |x, byte| u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(x, byte)) as u16);
+            let (mut quotes, mut colons, mut commas) = (0u64, 0u64, 0u64);
+            let (mut special, mut all) = (_mm_setzero_si128(), _mm_setzero_si128());
             for k in 0..4 {
                 let x = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
-                quotes |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(x, quote)) as u16) << (16 * k);
+                quotes |= mask(x, quote) << (16 * k);
+                colons |= mask(x, colon) << (16 * k);
+                commas |= mask(x, comma) << (16 * k);
                 // x <= 0x1F unsigned  <=>  min(x, 0x1F) == x
                 let control = _mm_cmpeq_epi8(_mm_min_epu8(x, max_control), x);
                 special = _mm_or_si128(special, _mm_or_si128(control, _mm_cmpeq_epi8(x, backslash)));
@@ -432,6 +440,8 @@ mod json {
             }
             Block {
                 quote: quotes,
+                colon: colons,
+                comma: commas,
                 special: _mm_movemask_epi8(special) as u64,
                 high: _mm_movemask_epi8(all) as u64,
             }
@@ -444,43 +454,68 @@ mod json {
         // The high bits of the bytes of `m`, gathered into the low byte: the multiplication
         // moves byte k's bit to bit 56 + k, and no two partial products meet.
         let gather = |m: u64| (((m & HIGH) >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56;
-        let mut out = Block { quote: 0, special: 0, high: 0 };
+        let mut out = Block { quote: 0, colon: 0, comma: 0, special: 0, high: 0 };
         for (k, word) in block.chunks_exact(8).enumerate() {
             let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             out.quote |= gather(bytes_equal(x, b'"')) << (8 * k);
+            out.colon |= gather(bytes_equal(x, b':')) << (8 * k);
+            out.comma |= gather(bytes_equal(x, b',')) << (8 * k);
             out.special |= bytes_control(x) | bytes_equal(x, b'\\');
             out.high |= x & HIGH;
         }
         out
     }
 
-    /// The first pass: `Some(non_ascii)` with the quote bitmap of `s` in `quotes`, or `None`
-    /// when the line has a backslash or a control character (the walk then scans strings
-    /// itself).
+    /// `s` classified 64 bytes at a time, in order: in the blocks, bit `k` of the `w`-th
+    /// stands for byte `64 * w + k`, and there are no bits past the line's end.
+    #[inline(always)]
+    fn blocks<C: Fn(&[u8; 64]) -> Block>(s: &[u8], classify: C) -> Blocks<'_, C> {
+        Blocks { s, at: 0, classify, pad: [b' '; 64] }
+    }
+
+    struct Blocks<'a, C> {
+        s: &'a [u8],
+        at: usize,
+        classify: C,
+        /// A line shorter than 64 bytes, padded with spaces (they are none of the classes).
+        pad: [u8; 64],
+    }
+
+    impl<C: Fn(&[u8; 64]) -> Block> Iterator for Blocks<'_, C> {
+        type Item = Block;
+
+        #[inline(always)]
+        fn next(&mut self) -> Option<Block> {
+            let (s, at) = (self.s, self.at);
+            let rest = s.len().checked_sub(at).filter(|&r| r > 0)?;
+            self.at += 64;
+            // Bytes of the block already seen in the previous one: the last block of a line
+            // is its last 64 bytes, whose bits for those bytes are shifted out (seeing the
+            // other classes' bytes twice changes nothing).
+            let (block, seen) = if rest >= 64 {
+                (&s[at..at + 64], 0)
+            } else if s.len() >= 64 {
+                (&s[s.len() - 64..], 64 - rest)
+            } else {
+                self.pad[..rest].copy_from_slice(s);
+                (&self.pad[..], 0)
+            };
+            let b = (self.classify)(block.try_into().expect("64 bytes"));
+            Some(Block { quote: b.quote >> seen, colon: b.colon >> seen, comma: b.comma >> seen, ..b })
+        }
+    }
+
+    /// The first pass of the full walk: `Some(non_ascii)` with the quote bitmap of `s` in
+    /// `quotes`, or `None` when the line has a backslash or a control character (the walk
+    /// then scans strings itself).
     #[inline(always)]
     fn index_quotes(s: &[u8], quotes: &mut Vec<u64>, classify: impl Fn(&[u8; 64]) -> Block) -> Option<bool> {
         quotes.clear();
         let (mut special, mut high) = (0, 0);
-        let mut blocks = s.chunks_exact(64);
-        let mut add = |b: Block| {
+        for b in blocks(s, classify) {
             quotes.push(b.quote);
             special |= b.special;
             high |= b.high;
-        };
-        for block in &mut blocks {
-            add(classify(block.try_into().expect("64 bytes")));
-        }
-        let rest = blocks.remainder().len();
-        if rest > 0 && s.len() >= 64 {
-            // The last 64 bytes of the line, whose first `64 - rest` were counted already:
-            // their quotes are shifted out; seeing their other bytes twice changes nothing.
-            let last = classify(s[s.len() - 64..].try_into().expect("64 bytes"));
-            add(Block { quote: last.quote >> (64 - rest), ..last });
-        } else if rest > 0 {
-            // A short line: spaces pad it, as they are neither quotes nor special nor high.
-            let mut last = [b' '; 64];
-            last[..rest].copy_from_slice(s);
-            add(classify(&last));
         }
         (special == 0).then_some(high != 0)
     }
@@ -504,17 +539,17 @@ mod json {
         scratch: &mut Scratch,
         mut members: Option<&mut Vec<Member>>,
     ) -> Option<bool> {
+        if members.is_none() {
+            if let Some(has_region) = compact_object(s, classify) {
+                return Some(has_region);
+            }
+        }
         let plain = index_quotes(s, &mut scratch.quotes, classify);
         if plain == Some(true) {
             // Non-ASCII is legal only inside strings; one check of the whole line covers them.
             std::str::from_utf8(s).ok()?;
         }
         let quotes = if plain.is_some() { Some(&scratch.quotes[..]) } else { None };
-        if let (Some(quotes), None) = (quotes, &members) {
-            if let Some(has_region) = compact_object(s, quotes) {
-                return Some(has_region);
-            }
-        }
         let stack = &mut scratch.stack;
         let mut p = Scanner { s, i: 0, quotes };
         let mut has_region = false;
@@ -553,13 +588,21 @@ mod json {
         (p.i == s.len()).then_some(has_region)
     }
 
-    /// The shape of most log lines, decided in one tight loop: an object without whitespace
-    /// whose values are strings, numbers or literals, in a line without escapes (`quotes` is
-    /// its bitmap). `Some(has_region)` when `s` is such an object; `None` when it is not, or
-    /// not sure: the full walk then decides. It never accepts what the full walk would
-    /// reject (the tests run both on every generated line).
+    /// The shape of most log lines, checked 64 bytes at a time with bit operations rather
+    /// than byte by byte: an object without whitespace whose values are strings, numbers or
+    /// literals, in a line without escapes. `Some(has_region)` when `s` is such an object;
+    /// `None` when it is not, or not sure: the full walk then decides. It never accepts what
+    /// the full walk would reject (the tests run both on every generated line).
+    ///
+    /// Without escapes every quote delimits a string, so the quotes alone tell which bytes
+    /// are inside strings. Outside them are punctuation (`{` first, `:`, `,`, `}` last),
+    /// strings, and runs of other bytes. The rules: `{`, `,`, `}` alternate with `:`; no two
+    /// punctuation marks touch; a string is followed by punctuation; a run is exactly one
+    /// number or literal, followed by `,` or the last `}`. So between two marks stands exactly
+    /// one string or run, and it is a string before each `:` (a run would be followed by `,`
+    /// or `}`): one key before each `:`, one value after it.
     #[inline(always)]
-    fn compact_object(s: &[u8], quotes: &[u64]) -> Option<bool> {
+    fn compact_object(s: &[u8], classify: impl Fn(&[u8; 64]) -> Block) -> Option<bool> {
         let n = s.len();
         if n < 2 || s[0] != b'{' || s[n - 1] != b'}' {
             return None;
@@ -567,30 +610,75 @@ mod json {
         if n == 2 {
             return Some(false);
         }
-        // Plain locals rather than a `Scanner`, so everything stays in registers.
-        let at = |i: usize| s.get(i).copied();
-        let mut has_region = false;
-        let mut i = 1;
-        loop {
-            let key_end = string_end(s, quotes, i)?;
-            has_region |= &s[i..key_end] == b"\"region\"";
-            if at(key_end)? != b':' {
-                return None;
+        // `x` shifted up by `k` bits, the top bits of the previous word's `x` shifted in.
+        let shift = |x: u64, prev: u64, k: u32| x << k | prev >> (64 - k);
+        let (mut bad, mut special, mut high, mut has_region) = (0, 0, 0, false);
+        // All ones while inside a string / after an odd number of punctuation marks.
+        let (mut in_string, mut odd) = (0u64, 0u64);
+        // The previous word's closing quotes, punctuation, scalar bytes, and `{` or `,`.
+        let (mut closes_before, mut punct_before, mut scalars_before, mut key_marks_before) = (0, 0, 0, 0);
+        let mut base = 0;
+        for b in blocks(s, classify) {
+            special |= b.special;
+            high |= b.high;
+            let left = n - base; // bytes of the line from this word on
+            let valid = !0 >> (64 - left.min(64));
+            let last_brace = if left <= 64 { 1 << (left - 1) } else { 0 };
+            let strings = prefix_xor(b.quote) ^ in_string; // opening quotes and contents
+            in_string = ((strings as i64) >> 63) as u64;
+            let closes = b.quote & !strings;
+            let colons = b.colon & !strings;
+            let key_marks = (b.comma & !strings) | u64::from(base == 0); // `{` or `,`
+            let punct = key_marks | last_brace | colons;
+            let parity = prefix_xor(punct) ^ odd;
+            odd = ((parity as i64) >> 63) as u64;
+            let scalars = valid & !(strings | b.quote | punct);
+            bad |= (punct & !(parity ^ colons)) // `:` at even, the others at odd positions
+                | (shift(punct, punct_before, 1) & punct)
+                | (shift(closes, closes_before, 1) & !punct);
+            // Closing quotes of keys of six bytes: is one of them `region`?
+            let mut six = shift(key_marks, key_marks_before, 8) & closes;
+            while six != 0 {
+                let at = base + six.trailing_zeros() as usize;
+                has_region |= &s[at - 7..=at] == b"\"region\"";
+                six &= six - 1;
             }
-            i = key_end + 1;
-            i = match at(i)? {
-                b'"' => string_end(s, quotes, i)?,
-                b'-' | b'0'..=b'9' => number_end(s, i)?,
-                b't' => literal_end(s, i, b"true")?,
-                b'f' => literal_end(s, i, b"false")?,
-                b'n' => literal_end(s, i, b"null")?,
-                _ => return None,
-            };
-            match at(i)? {
-                b',' => i += 1,
-                b'}' => return (i + 1 == n).then_some(has_region),
-                _ => return None,
+            let mut starts = scalars & !shift(scalars, scalars_before, 1);
+            while starts != 0 {
+                let at = base + starts.trailing_zeros() as usize;
+                let end = scalar_end(s, at);
+                let ok = end.is_some_and(|e| e == n - 1 || s.get(e) == Some(&b','));
+                bad |= u64::from(!ok);
+                starts &= starts - 1;
             }
+            (closes_before, punct_before, scalars_before, key_marks_before) =
+                (closes, punct, scalars, key_marks);
+            base += 64;
+        }
+        if bad != 0 || in_string != 0 || special != 0 || (high != 0 && std::str::from_utf8(s).is_err()) {
+            return None;
+        }
+        Some(has_region)
+    }
+
+    /// Bit `i` of the result is set when an odd number of the bits `0..=i` of `x` are.
+    #[inline(always)]
+    fn prefix_xor(mut x: u64) -> u64 {
+        for k in [1, 2, 4, 8, 16, 32] {
+            x ^= x << k;
+        }
+        x
+    }
+
+    /// Where the number or literal starting at `i` ends.
+    #[inline(always)]
+    fn scalar_end(s: &[u8], i: usize) -> Option<usize> {
+        match s[i] {
+            b'-' | b'0'..=b'9' => number_end(s, i),
+            b't' => literal_end(s, i, b"true"),
+            b'f' => literal_end(s, i, b"false"),
+            b'n' => literal_end(s, i, b"null"),
+            _ => None,
         }
     }
 
@@ -646,12 +734,11 @@ mod json {
         Some(i)
     }
 
-    /// What the compact path alone says of `s`.
+    /// What the compact path alone says of `s`, with the dispatched classifier and the
+    /// portable one.
     #[cfg(test)]
-    pub fn compact_for_tests(s: &[u8]) -> Option<bool> {
-        let mut quotes = Vec::new();
-        index_quotes(s, &mut quotes, classify)?;
-        compact_object(s, &quotes)
+    pub fn compact_for_tests(s: &[u8]) -> [Option<bool>; 2] {
+        [compact_object(s, classify), compact_object(s, classify_swar)]
     }
 
     #[cfg(test)]
@@ -659,17 +746,31 @@ mod json {
         stop_index(s)
     }
 
-    /// The dispatched version and the portable one, for the tests to compare.
+    /// What the first pass finds (non-ASCII; where the quotes, colons and commas are), by
+    /// the dispatched classifier and the portable one, for the tests to compare.
     #[cfg(test)]
-    pub fn index_quotes_for_tests(s: &[u8]) -> [Option<(bool, Vec<usize>)>; 2] {
+    pub fn index_line_for_tests(s: &[u8]) -> [Option<(bool, [Vec<usize>; 3])>; 2] {
+        let positions = |bitmap: &[u64]| -> Vec<usize> {
+            (0..64 * bitmap.len()).filter(|&i| bitmap[i / 64] >> (i % 64) & 1 == 1).collect()
+        };
         [classify as fn(&[u8; 64]) -> Block, classify_swar].map(|classify| {
-            let mut bitmap = Vec::new();
-            let high = index_quotes(s, &mut bitmap, classify)?;
+            let (mut bitmaps, mut special, mut high) = ([vec![], vec![], vec![]], 0, 0);
+            for b in blocks(s, classify) {
+                for (bitmap, bits) in bitmaps.iter_mut().zip([b.quote, b.colon, b.comma]) {
+                    bitmap.push(bits);
+                }
+                special |= b.special;
+                high |= b.high;
+            }
+            let mut quotes = Vec::new();
+            assert_eq!(index_quotes(s, &mut quotes, classify), (special == 0).then_some(high != 0));
+            assert_eq!(quotes, bitmaps[0]);
             let mut at = Vec::new();
-            while let Some(q) = next_quote(&bitmap, at.last().map_or(0, |&q| q + 1)) {
+            while let Some(q) = next_quote(&quotes, at.last().map_or(0, |&q| q + 1)) {
                 at.push(q);
             }
-            Some((high, at))
+            assert_eq!(at, positions(&quotes), "next_quote walks the bitmap");
+            (special == 0).then(|| (high != 0, bitmaps.map(|b| positions(&b))))
         })
     }
 
@@ -904,18 +1005,19 @@ mod tests {
     }
 
     #[test]
-    fn quote_index_is_exact() {
+    fn line_index_is_exact() {
         // `"#` is where a borrowing zero-byte test would report a second, false quote.
+        const PATTERN: &[u8] = &[b'a', b'#', b'"', b'#', b':', 0x7F, b',', b'+', 0xE9, b';'];
         for len in 0..200usize {
-            let mut v: Vec<u8> = (0..len).map(|i| [b'a', b'#', b'"', b'#', 0x7F, 0xE9][i % 6]).collect();
-            let want: Vec<usize> = (0..len).filter(|&i| v[i] == b'"').collect();
-            let expect = Some((len > 5, want));
-            assert_eq!(json::index_quotes_for_tests(&v), [expect.clone(), expect], "{v:?}");
+            let mut v: Vec<u8> = (0..len).map(|i| PATTERN[i % PATTERN.len()]).collect();
+            let at = |c: u8| (0..len).filter(|&i| v[i] == c).collect::<Vec<_>>();
+            let expect = Some((len > 8, [at(b'"'), at(b':'), at(b',')]));
+            assert_eq!(json::index_line_for_tests(&v), [expect.clone(), expect], "{v:?}");
             for bad in [b'\\', 0x00, 0x1F, b'\t'] {
                 for at in 0..len {
                     let keep = v[at];
                     v[at] = bad;
-                    assert_eq!(json::index_quotes_for_tests(&v), [None, None], "{v:?}");
+                    assert_eq!(json::index_line_for_tests(&v), [None, None], "{v:?}");
                     v[at] = keep;
                 }
             }
@@ -1270,7 +1372,12 @@ mod properties {
                 && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok();
             assert_eq!(full.is_some(), is_object, "seed {seed}: {:?}", String::from_utf8_lossy(line));
             objects += usize::from(is_object);
-            fast += usize::from(json::compact_for_tests(line).is_some());
+            let [compact, portable] = json::compact_for_tests(line);
+            assert_eq!(compact, portable, "seed {seed}: {:?}", String::from_utf8_lossy(line));
+            if compact.is_some() {
+                assert_eq!(compact, full, "seed {seed}: {:?}", String::from_utf8_lossy(line));
+                fast += 1;
+            }
         }
         // Both paths must actually be exercised.
         assert!(fast > cases as usize && objects > fast + cases as usize, "{fast} {objects}");
