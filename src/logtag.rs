@@ -330,12 +330,12 @@ fn inject_region(
 /// Iterative (an explicit stack), so no input can overflow the thread's stack; allocation-free
 /// on the common path (the scratch memory is the caller's, reused).
 ///
-/// Lines are looked at 64 bytes at a time (with SSE2 on x86_64), as bitmaps of their quotes,
-/// colons and commas. In a line without backslashes and control characters (most log
-/// lines) every `"` delimits a string, and the common shape, a flat object without
-/// whitespace, is checked on the bitmaps alone (`compact_object`). Other lines take a
-/// grammar walk, which jumps over each string with one bit scan when the line has no
-/// escapes, and scans strings byte by byte when it has.
+/// Lines are looked at 64 bytes at a time (SSE2 on x86_64, AVX2 where the CPU has it), as
+/// bitmaps of their quotes, colons and commas. In a line without backslashes and control
+/// characters (most log lines) every `"` delimits a string, and the common shape, a flat
+/// object without whitespace, is checked on the bitmaps alone (`compact_object`). Other
+/// lines take a grammar walk, which jumps over each string with one bit scan when the line
+/// has no escapes, and scans strings byte by byte when it has.
 mod json {
     use std::ops::Range;
 
@@ -372,13 +372,20 @@ mod json {
         s[i..].iter().position(|&b| STOP[b as usize]).map(|p| i + p)
     }
 
-    #[derive(Default)]
     pub struct Scratch {
+        /// `compact_object` built for this CPU.
+        compact: fn(&[u8]) -> Option<bool>,
         /// What closes each open container: b'}' or b']'.
         stack: Vec<u8>,
         /// For a line without escapes: bit `k` of word `w` is set when byte `64 * w + k` is
         /// a `"`.
         quotes: Vec<u64>,
+    }
+
+    impl Default for Scratch {
+        fn default() -> Scratch {
+            Scratch { compact: compact_for_this_cpu(), stack: Vec::new(), quotes: Vec::new() }
+        }
     }
 
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -446,6 +453,66 @@ mod json {
                 high: _mm_movemask_epi8(all) as u64,
             }
         }
+    }
+
+    /// `classify_sse2` 32 bytes at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn classify_avx2(block: &[u8; 64]) -> Block {
+        use std::arch::x86_64::*;
+        let (lo, hi) =
+            (_mm256_loadu_si256(block.as_ptr().cast()), _mm256_loadu_si256(block.as_ptr().add(32).cast()));
+        let mask = |x, byte: u8| {
+            u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, _mm256_set1_epi8(byte as i8))) as u32)
+        };
+        let both = |byte| mask(lo, byte) | mask(hi, byte) << 32;
+        // x <= 0x1F unsigned  <=>  min(x, 0x1F) == x
+        let special = |x| {
+            let control = _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8(0x1F)), x);
+            _mm256_or_si256(control, _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'\\' as i8)))
+        };
+        Block {
+            quote: both(b'"'),
+            colon: both(b':'),
+            comma: both(b','),
+            special: _mm256_movemask_epi8(_mm256_or_si256(special(lo), special(hi))) as u32 as u64,
+            high: _mm256_movemask_epi8(_mm256_or_si256(lo, hi)) as u32 as u64,
+        }
+    }
+
+    /// `prefix_xor` in one carry-less multiplication by all ones.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "pclmulqdq")]
+    #[inline]
+    unsafe fn prefix_xor_clmul(x: u64) -> u64 {
+        use std::arch::x86_64::*;
+        _mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1), 0)) as u64
+    }
+
+    /// `compact_object` with the classifier and prefix xor this CPU runs fastest: AVX2 and
+    /// carry-less multiplication where the CPU has them (most x86_64 CPUs since 2013).
+    fn compact_for_this_cpu() -> fn(&[u8]) -> Option<bool> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("pclmulqdq") {
+            return compact_avx2;
+        }
+        compact_baseline
+    }
+
+    fn compact_baseline(s: &[u8]) -> Option<bool> {
+        compact_object(s, classify, prefix_xor)
+    }
+
+    /// Only handed out by `compact_for_this_cpu` once the CPU is known to have the features.
+    #[cfg(target_arch = "x86_64")]
+    fn compact_avx2(s: &[u8]) -> Option<bool> {
+        #[target_feature(enable = "avx2,pclmulqdq")]
+        unsafe fn inner(s: &[u8]) -> Option<bool> {
+            compact_object(s, |b| classify_avx2(b), |x| prefix_xor_clmul(x))
+        }
+        // SAFETY: the features were detected before this function was handed out.
+        unsafe { inner(s) }
     }
 
     #[cfg(any(test, not(target_arch = "x86_64")))]
@@ -540,7 +607,7 @@ mod json {
         mut members: Option<&mut Vec<Member>>,
     ) -> Option<bool> {
         if members.is_none() {
-            if let Some(has_region) = compact_object(s, classify) {
+            if let Some(has_region) = (scratch.compact)(s) {
                 return Some(has_region);
             }
         }
@@ -602,7 +669,11 @@ mod json {
     /// one string or run, and it is a string before each `:` (a run would be followed by `,`
     /// or `}`): one key before each `:`, one value after it.
     #[inline(always)]
-    fn compact_object(s: &[u8], classify: impl Fn(&[u8; 64]) -> Block) -> Option<bool> {
+    fn compact_object(
+        s: &[u8],
+        classify: impl Fn(&[u8; 64]) -> Block,
+        prefix_xor: impl Fn(u64) -> u64,
+    ) -> Option<bool> {
         let n = s.len();
         if n < 2 || s[0] != b'{' || s[n - 1] != b'}' {
             return None;
@@ -734,11 +805,34 @@ mod json {
         Some(i)
     }
 
-    /// What the compact path alone says of `s`, with the dispatched classifier and the
-    /// portable one.
+    /// What the compact path alone says of `s`: as this CPU runs it, with the baseline
+    /// classifier, and portably.
     #[cfg(test)]
-    pub fn compact_for_tests(s: &[u8]) -> [Option<bool>; 2] {
-        [compact_object(s, classify), compact_object(s, classify_swar)]
+    pub fn compact_for_tests(s: &[u8]) -> [Option<bool>; 3] {
+        [compact_for_this_cpu()(s), compact_baseline(s), compact_object(s, classify_swar, prefix_xor)]
+    }
+
+    /// Every classifier this machine can run.
+    #[cfg(test)]
+    fn classifiers() -> Vec<fn(&[u8; 64]) -> Block> {
+        let all: Vec<fn(&[u8; 64]) -> Block> = vec![classify, classify_swar];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, detected just above.
+            return [all, vec![|b| unsafe { classify_avx2(b) }]].concat();
+        }
+        all
+    }
+
+    /// The prefix xor as this CPU computes it, against the portable one.
+    #[cfg(test)]
+    pub fn prefix_xor_for_tests(x: u64) -> [u64; 2] {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("pclmulqdq") {
+            // SAFETY: the CPU has PCLMULQDQ, detected just above.
+            return [unsafe { prefix_xor_clmul(x) }, prefix_xor(x)];
+        }
+        [prefix_xor(x); 2]
     }
 
     #[cfg(test)]
@@ -747,31 +841,34 @@ mod json {
     }
 
     /// What the first pass finds (non-ASCII; where the quotes, colons and commas are), by
-    /// the dispatched classifier and the portable one, for the tests to compare.
+    /// each classifier, for the tests to compare.
     #[cfg(test)]
-    pub fn index_line_for_tests(s: &[u8]) -> [Option<(bool, [Vec<usize>; 3])>; 2] {
+    pub fn index_line_for_tests(s: &[u8]) -> Vec<Option<(bool, [Vec<usize>; 3])>> {
         let positions = |bitmap: &[u64]| -> Vec<usize> {
             (0..64 * bitmap.len()).filter(|&i| bitmap[i / 64] >> (i % 64) & 1 == 1).collect()
         };
-        [classify as fn(&[u8; 64]) -> Block, classify_swar].map(|classify| {
-            let (mut bitmaps, mut special, mut high) = ([vec![], vec![], vec![]], 0, 0);
-            for b in blocks(s, classify) {
-                for (bitmap, bits) in bitmaps.iter_mut().zip([b.quote, b.colon, b.comma]) {
-                    bitmap.push(bits);
+        classifiers()
+            .into_iter()
+            .map(|classify| {
+                let (mut bitmaps, mut special, mut high) = ([vec![], vec![], vec![]], 0, 0);
+                for b in blocks(s, classify) {
+                    for (bitmap, bits) in bitmaps.iter_mut().zip([b.quote, b.colon, b.comma]) {
+                        bitmap.push(bits);
+                    }
+                    special |= b.special;
+                    high |= b.high;
                 }
-                special |= b.special;
-                high |= b.high;
-            }
-            let mut quotes = Vec::new();
-            assert_eq!(index_quotes(s, &mut quotes, classify), (special == 0).then_some(high != 0));
-            assert_eq!(quotes, bitmaps[0]);
-            let mut at = Vec::new();
-            while let Some(q) = next_quote(&quotes, at.last().map_or(0, |&q| q + 1)) {
-                at.push(q);
-            }
-            assert_eq!(at, positions(&quotes), "next_quote walks the bitmap");
-            (special == 0).then(|| (high != 0, bitmaps.map(|b| positions(&b))))
-        })
+                let mut quotes = Vec::new();
+                assert_eq!(index_quotes(s, &mut quotes, classify), (special == 0).then_some(high != 0));
+                assert_eq!(quotes, bitmaps[0]);
+                let mut at = Vec::new();
+                while let Some(q) = next_quote(&quotes, at.last().map_or(0, |&q| q + 1)) {
+                    at.push(q);
+                }
+                assert_eq!(at, positions(&quotes), "next_quote walks the bitmap");
+                (special == 0).then(|| (high != 0, bitmaps.map(|b| positions(&b))))
+            })
+            .collect()
     }
 
     /// Whether the JSON text `raw` is a string equal to `want`.
@@ -1012,15 +1109,29 @@ mod tests {
             let mut v: Vec<u8> = (0..len).map(|i| PATTERN[i % PATTERN.len()]).collect();
             let at = |c: u8| (0..len).filter(|&i| v[i] == c).collect::<Vec<_>>();
             let expect = Some((len > 8, [at(b'"'), at(b':'), at(b',')]));
-            assert_eq!(json::index_line_for_tests(&v), [expect.clone(), expect], "{v:?}");
+            for found in json::index_line_for_tests(&v) {
+                assert_eq!(found, expect, "{v:?}");
+            }
             for bad in [b'\\', 0x00, 0x1F, b'\t'] {
                 for at in 0..len {
                     let keep = v[at];
                     v[at] = bad;
-                    assert_eq!(json::index_line_for_tests(&v), [None, None], "{v:?}");
+                    assert!(json::index_line_for_tests(&v).iter().all(Option::is_none), "{v:?}");
                     v[at] = keep;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn prefix_xor_is_a_running_parity() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..1000 {
+            x = x.rotate_left(17).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let want = (0..64).fold(0u64, |acc, i| {
+                acc | u64::from((x & (u64::MAX >> (63 - i))).count_ones() % 2 == 1) << i
+            });
+            assert_eq!(json::prefix_xor_for_tests(x), [want; 2], "{x:#x}");
         }
     }
 
@@ -1372,8 +1483,13 @@ mod properties {
                 && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok();
             assert_eq!(full.is_some(), is_object, "seed {seed}: {:?}", String::from_utf8_lossy(line));
             objects += usize::from(is_object);
-            let [compact, portable] = json::compact_for_tests(line);
-            assert_eq!(compact, portable, "seed {seed}: {:?}", String::from_utf8_lossy(line));
+            let [compact, baseline, portable] = json::compact_for_tests(line);
+            assert_eq!(
+                [baseline, portable],
+                [compact; 2],
+                "seed {seed}: {:?}",
+                String::from_utf8_lossy(line)
+            );
             if compact.is_some() {
                 assert_eq!(compact, full, "seed {seed}: {:?}", String::from_utf8_lossy(line));
                 fast += 1;
