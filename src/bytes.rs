@@ -14,7 +14,7 @@ use std::ptr;
 const LONG: usize = 512;
 
 /// Appends `src` to `out`.
-#[inline]
+#[inline(always)]
 pub fn put(out: &mut Vec<u8>, src: &[u8]) {
     let n = src.len();
     if n >= LONG {

@@ -192,7 +192,7 @@ impl Tail {
         }
         let at = line.as_ptr() as usize;
         let slot = &mut self.slots[self.next];
-        self.next = (self.next + 1) % TAIL_LINES;
+        self.next = if self.next + 1 == TAIL_LINES { 0 } else { self.next + 1 };
         if at >= self.data.0 && at + line.len() <= self.data.1 {
             slot.within = Some((at - self.data.0, at - self.data.0 + line.len()));
         } else {
@@ -297,7 +297,8 @@ fn inject_region(
     put(out, prefix);
     if !has_region {
         // The common case: copy the inside of the object verbatim, with its closing brace.
-        if trim_json_ws(&obj[1..obj.len() - 1]).is_empty() {
+        // After `{` comes a key's quote, or `}` (whitespace aside) in an empty object.
+        if obj[1] != b'"' && trim_json_ws(&obj[1..obj.len() - 1]).is_empty() {
             out.push(b'}');
         } else {
             out.push(b',');
@@ -601,16 +602,19 @@ mod json {
 
     /// If `s` is exactly one JSON object (no trailing bytes): whether it has a top-level
     /// `region` member. With `members`, also lists every top-level member.
-    pub fn scan_object(
-        s: &[u8],
-        scratch: &mut Scratch,
-        mut members: Option<&mut Vec<Member>>,
-    ) -> Option<bool> {
+    #[inline]
+    pub fn scan_object(s: &[u8], scratch: &mut Scratch, members: Option<&mut Vec<Member>>) -> Option<bool> {
         if members.is_none() {
             if let Some(has_region) = (scratch.compact)(s) {
                 return Some(has_region);
             }
         }
+        walk_object(s, scratch, members)
+    }
+
+    /// `scan_object` by the grammar walk.
+    #[inline(never)]
+    fn walk_object(s: &[u8], scratch: &mut Scratch, mut members: Option<&mut Vec<Member>>) -> Option<bool> {
         let plain = index_quotes(s, &mut scratch.quotes, classify);
         if plain == Some(true) {
             // Non-ASCII is legal only inside strings; one check of the whole line covers them.
