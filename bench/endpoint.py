@@ -10,11 +10,13 @@ Usage: bench/endpoint.py [--write BENCHMARKS.md]   (needs wrk, hyperfine, curl)
 """
 
 import argparse
+import atexit
 import datetime
 import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +74,7 @@ def main():
         eight = wrk(2, 8)  # eight at once: requests queue for the 4 workers and the 2 cores
 
         tmp = tempfile.mkdtemp(prefix="rs-bench-http-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         script = os.path.join(tmp, "curl-healthcheck.sh")
         with open(script, "w") as f:
             f.write("#!/bin/sh\n# The original design's healthcheck: one curl per region, in turn.\n")

@@ -10,9 +10,11 @@ Usage: bench/lifecycle.py [--runs N] [--write BENCHMARKS.md]
 """
 
 import argparse
+import atexit
 import datetime
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -89,6 +91,7 @@ def main():
     rows = [("region-supervisor", ready, stop, worst_stop)]
     if subprocess.run(["sh", "-c", "command -v supervisord"], capture_output=True).returncode == 0:
         tmp = tempfile.mkdtemp(prefix="rs-bench-sd-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         sd = [supervisord_run(standin, args.port_base, tmp) for _ in range(max(3, args.runs // 3))]
         rows.append(("supervisord (Debian `supervisor`)", statistics.median(r[0] for r in sd),
                      statistics.median(r[1] for r in sd), max(r[1] for r in sd)))

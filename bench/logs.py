@@ -12,10 +12,12 @@ Writes its table between the `logs` markers of BENCHMARKS.md when --write is giv
 """
 
 import argparse
+import atexit
 import datetime
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,12 +155,16 @@ def main():
     SUP, STANDIN = build(args.target)
 
     tmp = tempfile.mkdtemp(prefix="rs-bench-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     data = os.path.join(tmp, "lines.log")
     size = make_data(data, args.lines)
     small = os.path.join(tmp, "small.log")
     make_data(small, args.bash_lines)
 
     n, small_size = args.lines, os.path.getsize(small)
+    # The data was just written: flush it to disk now, or the kernel's writeback of 360 MB
+    # competes with the first runs for the CPU.
+    os.sync()
 
     def median(runs):
         return sorted(runs)[len(runs) // 2]
