@@ -692,13 +692,14 @@ mod json {
         let (mut in_string, mut odd) = (0u64, 0u64);
         // The previous word's closing quotes, punctuation, scalar bytes, and `{` or `,`.
         let (mut closes_before, mut punct_before, mut scalars_before, mut key_marks_before) = (0, 0, 0, 0);
+        // The line's last word: its bytes, and its last byte (the closing brace).
+        let last_base = (n - 1) / 64 * 64;
+        let (last_valid, last_brace) = (!0 >> (63 - (n - 1) % 64), 1 << ((n - 1) % 64));
         let mut base = 0;
         for b in blocks(s, classify) {
             special |= b.special;
             high |= b.high;
-            let left = n - base; // bytes of the line from this word on
-            let valid = !0 >> (64 - left.min(64));
-            let last_brace = if left <= 64 { 1 << (left - 1) } else { 0 };
+            let (valid, last_brace) = if base == last_base { (last_valid, last_brace) } else { (!0, 0) };
             let strings = prefix_xor(b.quote) ^ in_string; // opening quotes and contents
             in_string = ((strings as i64) >> 63) as u64;
             let closes = b.quote & !strings;
