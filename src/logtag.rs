@@ -694,12 +694,12 @@ mod json {
         let (mut closes_before, mut punct_before, mut scalars_before, mut key_marks_before) = (0, 0, 0, 0);
         // The line's last word: its bytes, and its last byte (the closing brace).
         let last_base = (n - 1) / 64 * 64;
-        let (last_valid, last_brace) = (!0 >> (63 - (n - 1) % 64), 1 << ((n - 1) % 64));
+        let (last_valid, closing_brace) = (!0 >> (63 - (n - 1) % 64), 1 << ((n - 1) % 64));
         let mut base = 0;
         for b in blocks(s, classify) {
             special |= b.special;
             high |= b.high;
-            let (valid, last_brace) = if base == last_base { (last_valid, last_brace) } else { (!0, 0) };
+            let (valid, last_brace) = if base == last_base { (last_valid, closing_brace) } else { (!0, 0) };
             let strings = prefix_xor(b.quote) ^ in_string; // opening quotes and contents
             in_string = ((strings as i64) >> 63) as u64;
             let closes = b.quote & !strings;
@@ -963,16 +963,6 @@ mod json {
             }
         }
 
-        fn number(&mut self) -> Option<()> {
-            self.i = number_end(self.s, self.i)?;
-            Some(())
-        }
-
-        fn literal(&mut self, word: &[u8]) -> Option<()> {
-            self.i = literal_end(self.s, self.i, word)?;
-            Some(())
-        }
-
         /// One value of any kind; containers are walked with an explicit stack.
         fn value(&mut self, stack: &mut Vec<u8>) -> Option<()> {
             stack.clear(); // b'}' or b']': what closes each open container
@@ -1004,10 +994,7 @@ mod json {
                     b'"' => {
                         self.string()?;
                     }
-                    b't' => self.literal(b"true")?,
-                    b'f' => self.literal(b"false")?,
-                    b'n' => self.literal(b"null")?,
-                    _ => self.number()?,
+                    _ => self.i = scalar_end(self.s, self.i)?,
                 }
                 // A value ended: close containers, or move to the next element.
                 loop {
