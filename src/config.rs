@@ -159,8 +159,17 @@ pub struct RegionPlan {
 }
 
 #[derive(Clone, Debug)]
+pub struct RelaySettings {
+    #[allow(dead_code)]
+    pub addr: std::net::IpAddr,
+    pub hold: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug)]
 pub struct Config {
     pub regions: Vec<RegionPlan>,
+    pub relay: Option<RelaySettings>,
     pub metrics_addr: Option<SocketAddr>,
     pub health_path: String,
     pub child_metrics_path: String,
@@ -322,6 +331,7 @@ impl Config {
 
         let config = Config {
             regions: plans,
+            relay: None,
             metrics_addr,
             health_path: p.path("SUPERVISOR_HEALTH_PATH", "/healthz"),
             child_metrics_path: p.path("SUPERVISOR_CHILD_METRICS_PATH", "/metrics"),
@@ -453,6 +463,7 @@ fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
 /// What `preflight` hands over: the metrics listener, already bound.
 pub struct Preflight {
     pub metrics_listener: Option<TcpListener>,
+    pub relay_listeners: Vec<TcpListener>,
 }
 
 /// Checks, before anything starts, what parsing cannot: every program exists and is
@@ -487,7 +498,7 @@ pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, V
         },
     };
     if errors.is_empty() {
-        Ok(Preflight { metrics_listener })
+        Ok(Preflight { metrics_listener, relay_listeners: Vec::new() })
     } else {
         Err(errors)
     }

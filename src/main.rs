@@ -5,6 +5,7 @@
 //! signals (`signals.rs`, also reaps), stdout (`output.rs`), one per region (`region.rs`),
 //! http (`server.rs`), and short-lived probe threads.
 
+mod accept;
 mod bytes;
 mod cli;
 mod config;
@@ -17,11 +18,13 @@ mod probe;
 mod reaper;
 mod region;
 mod regions;
+mod relay;
 mod server;
 mod signals;
 mod spawn;
 mod supervisor;
 mod sys;
+mod view;
 
 use std::process::ExitCode;
 

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, BACKOFF_CAP};
 use crate::sys::{signal_name, ExitStatus};
+use crate::view::RegionState;
 
 /// First readiness probe after a start, then the period until ready.
 const FIRST_PROBE: Duration = Duration::from_millis(20);
@@ -179,15 +180,22 @@ impl Region {
     }
 
     /// The state name SPEC's `/healthz` body uses.
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> RegionState {
         match self.phase {
-            Phase::Spawning | Phase::Starting { .. } => "starting",
-            Phase::Ready => "ready",
-            Phase::Unhealthy | Phase::Stopping { restart: true, .. } => "unhealthy",
-            Phase::Backoff { .. } => "backoff",
-            _ if self.gave_up => "failed",
-            Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => "stopped",
+            Phase::Spawning | Phase::Starting { .. } => RegionState::Starting,
+            Phase::Ready => RegionState::Ready,
+            Phase::Unhealthy | Phase::Stopping { restart: true, .. } => RegionState::Unhealthy,
+            Phase::Backoff { .. } => RegionState::Backoff,
+            _ if self.gave_up => RegionState::Failed,
+            Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => RegionState::Stopped,
         }
+    }
+
+    /// Whether new relayed connections may go to the child now: it passed its readiness
+    /// probe and runs (a failed liveness probe alone does not stop traffic; a child being
+    /// stopped gets none).
+    pub fn takes_connections(&self) -> bool {
+        matches!(self.phase, Phase::Ready | Phase::Unhealthy)
     }
 
     #[cfg(test)]
@@ -693,7 +701,7 @@ mod tests {
         let mut delay = Duration::from_secs(1);
         for attempt in 1..=3 {
             sim.exit(0, ExitStatus::Code(3));
-            assert_eq!(sim.p.regions[0].state(), "backoff");
+            assert_eq!(sim.p.regions[0].state().as_str(), "backoff");
             assert!(sim.advance(delay - Duration::from_millis(1)).is_empty());
             let gen = sim.gen(0);
             sim.advance(Duration::from_millis(1));
@@ -703,7 +711,7 @@ mod tests {
             delay *= 2;
         }
         sim.exit(0, ExitStatus::Signal(libc::SIGSEGV));
-        assert_eq!(sim.p.regions[0].state(), "failed");
+        assert_eq!(sim.p.regions[0].state().as_str(), "failed");
         assert!(sim.has(&Action::Signal { region: 1, pid: 200, signal: libc::SIGTERM }));
         let give_up = sim.actions.iter().find_map(|a| match a {
             Action::Log { level: "error", message, fields, .. } => Some((message.clone(), fields.clone())),
@@ -750,7 +758,7 @@ mod tests {
         sim.advance(Duration::from_secs(4));
         assert!(sim.has(&Action::Signal { region: 0, pid: 7, signal: libc::SIGKILL }));
         sim.exit(0, ExitStatus::Signal(libc::SIGKILL));
-        assert_eq!(sim.p.regions[0].state(), "backoff");
+        assert_eq!(sim.p.regions[0].state().as_str(), "backoff");
         sim.advance(Duration::from_secs(1));
         assert!(sim.has(&Action::Spawn { region: 0, gen: gen + 1 }));
     }
@@ -764,7 +772,7 @@ mod tests {
             let gen = sim.gen(0);
             assert!(sim.actions.iter().any(|a| matches!(a, Action::Probe { .. })));
             sim.send(Event::Probed { region: 0, gen, result: Err("timed out".into()) });
-            assert_eq!(sim.p.regions[0].state(), "unhealthy");
+            assert_eq!(sim.p.regions[0].state().as_str(), "unhealthy");
             let stopped = sim.has(&Action::Signal { region: 0, pid: 5, signal: libc::SIGTERM });
             assert_eq!(stopped, n == 3, "probe {n}");
         }
@@ -822,7 +830,7 @@ mod tests {
         sim.up(0, 10);
         sim.exit(0, ExitStatus::Code(1)); // region 0 in backoff; region 1 still spawning
         sim.send(Event::Stop { signal: libc::SIGTERM });
-        assert_eq!(sim.p.regions[0].state(), "stopped");
+        assert_eq!(sim.p.regions[0].state().as_str(), "stopped");
         let gen = sim.gen(1);
         sim.send(Event::Started { region: 1, gen, pid: 20 });
         assert!(sim.has(&Action::Signal { region: 1, pid: 20, signal: libc::SIGTERM }));
@@ -847,7 +855,7 @@ mod tests {
         sim.exit(0, ExitStatus::Code(1));
         sim.advance(Duration::from_secs(1));
         sim.send(Event::Probed { region: 0, gen: old, result: Ok(()) });
-        assert_eq!(sim.p.regions[0].state(), "starting");
+        assert_eq!(sim.p.regions[0].state().as_str(), "starting");
     }
 
     #[test]
@@ -856,7 +864,7 @@ mod tests {
         let gen = sim.gen(0);
         sim.send(Event::SpawnFailed { region: 0, gen, error: "Exec format error".into() });
         assert_eq!(sim.p.regions[0].failures, 1);
-        assert_eq!(sim.p.regions[0].state(), "backoff");
+        assert_eq!(sim.p.regions[0].state().as_str(), "backoff");
     }
 
     #[test]

@@ -21,8 +21,9 @@ use crate::config::Config;
 use crate::exposition::{self, Family};
 use crate::output;
 use crate::probe;
-use crate::supervisor::{RegionView, SharedView};
+use crate::relay::{self, Reject};
 use crate::sys;
+use crate::view::{RegionState, RegionView, SharedView};
 
 /// Threads answering requests; one long `/metrics` scrape never holds up `/healthz`.
 const WORKERS: usize = 4;
@@ -208,16 +209,19 @@ fn text(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
 
 /// 200 when every region is ready, else 503; the body has each region's state.
 fn health(snap: &Snapshot) -> Response<std::io::Cursor<Vec<u8>>> {
-    let all_ready = snap.regions.iter().all(|r| r.state == "ready");
+    let all_ready = snap.regions.iter().all(|r| r.state == RegionState::Ready);
     let regions: Vec<_> = snap
         .regions
         .iter()
         .map(|r| {
             json!({
                 "region": r.name,
-                "state": r.state,
+                "state": r.state.as_str(),
                 "pid": r.pid,
                 "port": r.port,
+                "child_port": r.child_port,
+                "connections": r.relay.as_ref().map(|s| relay::Stats::get(&s.active)),
+                "held_connections": r.relay.as_ref().map(|s| relay::Stats::get(&s.held)),
                 "restarts": r.restarts,
                 "last_exit": r.last_exit,
             })
@@ -275,7 +279,7 @@ const OWN: [Own; 7] = [
         name: "supervisor_region_up",
         kind: "gauge",
         help: "1 when the region answers its health path",
-        value: |s| Some(u8::from(s.region.state == "ready").to_string()),
+        value: |s| Some(u8::from(s.region.state == RegionState::Ready).to_string()),
     },
     Own {
         name: "supervisor_region_restarts_total",
@@ -318,6 +322,68 @@ const OWN: [Own; 7] = [
     },
 ];
 
+/// The relay's families with one sample per region: name, type, help, value.
+type RelayFamily = (&'static str, &'static str, &'static str, fn(&relay::Stats) -> u64);
+const RELAY: [RelayFamily; 5] = [
+    (
+        "supervisor_region_relay_connections_total",
+        "counter",
+        "Connections accepted on the region's port",
+        |s| relay::Stats::get(&s.accepted),
+    ),
+    (
+        "supervisor_region_relay_active_connections",
+        "gauge",
+        "Relayed connections connected to the child now",
+        |s| relay::Stats::get(&s.active),
+    ),
+    (
+        "supervisor_region_relay_held_connections",
+        "gauge",
+        "Connections waiting for the region to be ready",
+        |s| relay::Stats::get(&s.held),
+    ),
+    (
+        "supervisor_region_relay_received_bytes_total",
+        "counter",
+        "Bytes relayed from clients to the child",
+        |s| relay::Stats::get(&s.received),
+    ),
+    ("supervisor_region_relay_sent_bytes_total", "counter", "Bytes relayed from the child to clients", |s| {
+        relay::Stats::get(&s.sent)
+    }),
+];
+const REJECTED: &str = "supervisor_region_relay_rejected_connections_total";
+
+/// The relay's families; nothing with the relay off.
+fn relay_metrics(regions: &[RegionView], out: &mut String) {
+    let relayed: Vec<(&str, &relay::Stats)> =
+        regions.iter().filter_map(|r| r.relay.as_deref().map(|s| (r.name, s))).collect();
+    if relayed.is_empty() {
+        return;
+    }
+    for (name, kind, help, value) in RELAY {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (region, stats) in &relayed {
+            let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", value(stats));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {REJECTED} Connections closed without reaching a child, by reason\n# TYPE {REJECTED} counter"
+    );
+    for (region, stats) in &relayed {
+        for why in Reject::ALL {
+            let _ = writeln!(
+                out,
+                "{REJECTED}{{region=\"{region}\",reason=\"{}\"}} {}",
+                why.as_str(),
+                stats.rejected(why)
+            );
+        }
+    }
+}
+
 /// The supervisor's own families (one `# HELP`/`# TYPE` each, a sample per region), its build
 /// info, then the children's families merged.
 fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
@@ -342,12 +408,14 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
             }
         }
     }
+    relay_metrics(&snap.regions, &mut out);
     let _ = writeln!(
         out,
         "# HELP supervisor_build_info Version of region-supervisor\n# TYPE supervisor_build_info gauge"
     );
     let _ = writeln!(out, "supervisor_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-    let mut reserved: Vec<&str> = OWN.iter().map(|o| o.name).collect();
+    let mut reserved: Vec<&str> = OWN.iter().map(|o| o.name).chain(RELAY.iter().map(|r| r.0)).collect();
+    reserved.push(REJECTED);
     reserved.push("supervisor_build_info");
     exposition::merge(scraped.into_iter().flatten().collect(), &reserved, &mut out);
     out

@@ -13,43 +13,35 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 use signal_hook::iterator::Signals;
 
+use crate::accept;
 use crate::config::{Config, Preflight};
 use crate::output;
 use crate::policy::{Action, Event, Policy, Settings};
 use crate::probe;
 use crate::reaper::Registry;
 use crate::region::{self, Mailbox, Msg, Stats};
+use crate::relay::{self, Control, Gate};
 use crate::server;
 use crate::signals;
 use crate::sys;
+use crate::view::{RegionState, RegionView, SharedView, View};
 
 /// A probe reads at most this much of a health response.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
-/// What the HTTP server shows; rewritten by the supervisor thread after every event.
-pub struct View {
-    pub regions: Vec<RegionView>,
-    /// Stopping or given up: `/livez` answers 503.
-    pub stopping: bool,
-}
-
-#[derive(Clone)]
-pub struct RegionView {
-    pub name: &'static str,
-    pub port: u16,
-    pub state: &'static str,
-    pub pid: Option<i32>,
-    pub restarts: u64,
-    pub last_exit: Option<String>,
-    pub started_at: Option<SystemTime>,
-    pub stats: Arc<Stats>,
-}
-
-pub type SharedView = Arc<RwLock<View>>;
+/// Descriptors the relay and the HTTP front may never take: the supervisor's own work (child
+/// pipes at restarts, probes, scrapes) needs them. Per region, plus a fixed part.
+const RESERVED_FDS: usize = 16;
+const RESERVED_FDS_PER_REGION: usize = 4;
 
 /// Supervises until stopped; returns the process exit code (0 signal stop, 1 gave up).
-pub fn run(config: Config, preflight: Preflight, signals: Signals) -> i32 {
+pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> i32 {
     let writer = output::start();
+    if stop_pending(&mut signals) {
+        output::info(None, "stopped before any region started", &[("exit_code", 0.into())]);
+        output::flush(Duration::from_secs(1));
+        return 0;
+    }
     if sys::getpid() != 1 {
         if let Err(e) = sys::become_subreaper() {
             output::warn(None, &format!("cannot become a child subreaper: {e}"), &[]);
@@ -58,58 +50,28 @@ pub fn run(config: Config, preflight: Preflight, signals: Signals) -> i32 {
     let registry = Arc::new(Registry::default());
     let (events, inbox) = unbounded();
     let (signal_handle, _signal_thread) = signals::start(signals, registry.clone(), events.clone());
-
-    let mut mailboxes = Vec::new();
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    let mut stats = Vec::new();
-    for (index, plan) in config.regions.iter().enumerate() {
-        let s = Arc::new(Stats::default());
-        let setup = region::Setup {
-            index,
-            plan: plan.clone(),
-            format: config.log_format,
-            max_line: config.max_line,
-            registry: registry.clone(),
-            events: events.clone(),
-            stats: s.clone(),
-        };
-        match region::start(setup) {
-            Ok((mailbox, thread)) => {
-                mailboxes.push(mailbox);
-                threads.push(thread);
-                stats.push(s);
-            }
-            Err(e) => {
-                output::error(Some(plan.name), &format!("cannot start the region thread: {e}"), &[]);
-                output::flush(Duration::from_secs(1));
-                return 1;
-            }
+    let started = start_regions(&config, &registry, &events).and_then(|regions| {
+        let relays = start_relays(&config, preflight.relay_listeners)?;
+        Ok((regions, relays))
+    });
+    let ((mailboxes, threads, stats), (relays, relay_stats)) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            output::error(None, &e, &[]);
+            output::flush(Duration::from_secs(1));
+            return 1;
         }
-    }
-
-    let view: SharedView = Arc::new(RwLock::new(View {
-        regions: config
-            .regions
-            .iter()
-            .zip(&stats)
-            .map(|(p, s)| RegionView {
-                name: p.name,
-                port: p.port,
-                state: "starting",
-                pid: None,
-                restarts: 0,
-                last_exit: None,
-                started_at: None,
-                stats: s.clone(),
-            })
-            .collect(),
-        stopping: false,
-    }));
+    };
+    accept::init(RESERVED_FDS + RESERVED_FDS_PER_REGION * config.regions.len());
+    let view = initial_view(&config, &stats, &relay_stats);
     let server = preflight.metrics_listener.map(|l| server::start(l, view.clone(), &config));
 
     let names = config.regions.iter().map(|r| r.name).collect();
     let mut sup = Supervisor {
         policy: Policy::new(Settings::from_config(&config), names),
+        gates: vec![None; relays.len()],
+        relays_stopped: false,
+        relays,
         config,
         mailboxes,
         registry,
@@ -123,36 +85,96 @@ pub fn run(config: Config, preflight: Preflight, signals: Signals) -> i32 {
         &[("version", env!("CARGO_PKG_VERSION").into()), ("pid", sys::getpid().into())],
     );
     let code = sup.event_loop(inbox);
-
-    for mailbox in &sup.mailboxes {
-        mailbox.send(Msg::Quit);
-    }
-    for thread in threads {
-        let _ = thread.join();
-    }
-    if let Some(server) = server {
-        server.stop();
-    }
-    signal_handle.close();
-    let (lost, dropped) = output::losses();
-    let dropped_lines: u64 = stats.iter().map(|s| s.lines_dropped.load(Ordering::Relaxed)).sum();
-    output::info(
-        None,
-        "stopped",
-        &[
-            ("exit_code", code.into()),
-            ("orphans_reaped", sup.registry.orphans_reaped().into()),
-            ("lines_dropped", (dropped_lines + lost).into()),
-            ("events_dropped", dropped.into()),
-        ],
-    );
-    output::flush(Duration::from_secs(2));
+    sup.shut_down(threads, server, signal_handle, &stats, code);
     drop(writer);
     code
 }
 
+/// A stop signal that came while the configuration was checked: nothing is started then.
+fn stop_pending(signals: &mut Signals) -> bool {
+    signals.pending().any(|s| matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT))
+}
+
+type Regions = (Vec<Mailbox>, Vec<JoinHandle<()>>, Vec<Arc<Stats>>);
+
+fn start_regions(
+    config: &Config,
+    registry: &Arc<Registry>,
+    events: &Sender<Event>,
+) -> Result<Regions, String> {
+    let (mut mailboxes, mut threads, mut all_stats) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, plan) in config.regions.iter().enumerate() {
+        let stats = Arc::new(Stats::default());
+        let setup = region::Setup {
+            index,
+            plan: plan.clone(),
+            format: config.log_format,
+            max_line: config.max_line,
+            registry: registry.clone(),
+            events: events.clone(),
+            stats: stats.clone(),
+        };
+        let (mailbox, thread) = region::start(setup)
+            .map_err(|e| format!("{}: cannot start the region thread: {e}", plan.name))?;
+        mailboxes.push(mailbox);
+        threads.push(thread);
+        all_stats.push(stats);
+    }
+    Ok((mailboxes, threads, all_stats))
+}
+
+/// One relay thread per region, listening from now on (connections are held until ready).
+fn start_relays(
+    config: &Config,
+    listeners: Vec<std::net::TcpListener>,
+) -> Result<(Vec<relay::Handle>, Vec<Arc<relay::Stats>>), String> {
+    let Some(settings) = &config.relay else { return Ok((Vec::new(), Vec::new())) };
+    let (mut handles, mut all_stats) = (Vec::new(), Vec::new());
+    for (plan, listener) in config.regions.iter().zip(listeners) {
+        let stats = Arc::new(relay::Stats::default());
+        let setup = relay::Setup {
+            region: plan.name,
+            listener,
+            child_port: plan.child_port,
+            hold: settings.hold,
+            max_connections: settings.max_connections,
+            stats: stats.clone(),
+        };
+        handles.push(
+            relay::start(setup).map_err(|e| format!("{}: cannot start the relay thread: {e}", plan.name))?,
+        );
+        all_stats.push(stats);
+    }
+    Ok((handles, all_stats))
+}
+
+fn initial_view(config: &Config, stats: &[Arc<Stats>], relay: &[Arc<relay::Stats>]) -> SharedView {
+    let regions = config
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| RegionView {
+            name: p.name,
+            port: p.port,
+            child_port: p.child_port,
+            state: RegionState::Starting,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            started_at: None,
+            stats: stats[i].clone(),
+            relay: relay.get(i).cloned(),
+        })
+        .collect();
+    Arc::new(RwLock::new(View { regions, stopping: false }))
+}
+
 struct Supervisor {
     policy: Policy,
+    relays: Vec<relay::Handle>,
+    /// The gate each relay was last told.
+    gates: Vec<Option<Gate>>,
+    relays_stopped: bool,
     config: Config,
     mailboxes: Vec<Mailbox>,
     registry: Arc<Registry>,
@@ -163,6 +185,12 @@ struct Supervisor {
 
 impl Supervisor {
     fn event_loop(&mut self, inbox: crossbeam_channel::Receiver<Event>) -> i32 {
+        // A stop signal that arrived while the threads were being started: start nothing.
+        let mut early: std::collections::VecDeque<Event> = inbox.try_iter().collect();
+        if early.iter().any(|e| matches!(e, Event::Stop { .. })) {
+            output::info(None, "stopped before any region started", &[]);
+            return 0;
+        }
         let mut event = Event::Begin;
         loop {
             if let Event::Started { region, .. } = event {
@@ -176,6 +204,10 @@ impl Supervisor {
                 }
             }
             self.publish();
+            if let Some(e) = early.pop_front() {
+                event = e;
+                continue;
+            }
             event = match self.policy.next_deadline() {
                 Some(deadline) => match inbox.recv_deadline(deadline) {
                     Ok(e) => e,
@@ -231,7 +263,66 @@ impl Supervisor {
         }
     }
 
-    fn publish(&self) {
+    /// After the event loop: every child is gone. Closes what is still relayed, ends the
+    /// region threads, the HTTP endpoint and the signal thread, and logs the summary.
+    fn shut_down(
+        &mut self,
+        threads: Vec<JoinHandle<()>>,
+        server: Option<server::Handle>,
+        signal_handle: signal_hook::iterator::Handle,
+        stats: &[Arc<Stats>],
+        code: i32,
+    ) {
+        for relay in self.relays.drain(..) {
+            relay.quit();
+        }
+        for mailbox in &self.mailboxes {
+            mailbox.send(Msg::Quit);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        if let Some(server) = server {
+            server.stop();
+        }
+        signal_handle.close();
+        let (lost, dropped) = output::losses();
+        let dropped_lines: u64 = stats.iter().map(|s| s.lines_dropped.load(Ordering::Relaxed)).sum();
+        output::info(
+            None,
+            "stopped",
+            &[
+                ("exit_code", code.into()),
+                ("orphans_reaped", self.registry.orphans_reaped().into()),
+                ("lines_dropped", (dropped_lines + lost).into()),
+                ("events_dropped", dropped.into()),
+            ],
+        );
+        output::flush(Duration::from_secs(2));
+    }
+
+    /// Tells each relay whether its region takes connections now, and all of them once the
+    /// supervisor stops.
+    fn steer_relays(&mut self) {
+        if self.relays_stopped {
+            return;
+        }
+        if self.policy.is_stopping() {
+            self.relays.iter().for_each(|r| r.send(Control::Stop));
+            self.relays_stopped = true;
+            return;
+        }
+        for (i, r) in self.policy.regions.iter().enumerate().take(self.relays.len()) {
+            let gate = if r.takes_connections() { Gate::Open } else { Gate::Hold };
+            if self.gates[i] != Some(gate) {
+                self.relays[i].send(Control::Gate(gate));
+                self.gates[i] = Some(gate);
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.steer_relays();
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
         view.stopping = self.policy.is_stopping();
         for (i, (r, v)) in self.policy.regions.iter().zip(view.regions.iter_mut()).enumerate() {

@@ -304,6 +304,231 @@ pub fn proc_usage(pid: i32) -> Option<(u64, f64)> {
     Some((rss_pages * page.max(1) as u64, (utime + stime) as f64 / tick.max(1) as f64))
 }
 
+// ---- Sockets and epoll, for the relay and the HTTP front (non-blocking, close-on-exec) ----
+
+/// An epoll instance. Tokens are the caller's; events are level-triggered.
+pub struct Epoll(OwnedFd);
+
+/// One readiness report: the caller's token and what the descriptor is ready for.
+#[derive(Clone, Copy)]
+pub struct Ready {
+    pub token: u64,
+    pub readable: bool,
+    pub writable: bool,
+    /// An error or hang-up is pending; the next read or write says which.
+    pub broken: bool,
+}
+
+pub const WANT_READ: u32 = libc::EPOLLIN as u32;
+pub const WANT_WRITE: u32 = libc::EPOLLOUT as u32;
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes a flag and returns a new descriptor or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a live epoll_event; the kernel copies it (it is ignored for DEL).
+        let r = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) };
+        if r == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn add(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    pub fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
+    }
+
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    /// Waits up to `timeout` (None: forever) and fills `out` with what is ready.
+    pub fn wait(
+        &self,
+        raw: &mut [libc::epoll_event],
+        out: &mut Vec<Ready>,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<()> {
+        // Round up, so a deadline 0.3 ms away does not turn into a busy loop of 0 ms waits.
+        let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+        out.clear();
+        // SAFETY: `raw` is a live array of `raw.len()` epoll_event structs for the kernel to fill.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), raw.as_mut_ptr(), raw.len() as i32, ms) };
+        if n == -1 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
+        }
+        let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        out.extend(raw[..n as usize].iter().map(|ev| {
+            let events = ev.events;
+            Ready {
+                token: ev.u64,
+                readable: events & WANT_READ != 0,
+                writable: events & WANT_WRITE != 0,
+                broken: events & err != 0,
+            }
+        }));
+        Ok(())
+    }
+}
+
+/// accept4 with the new socket non-blocking and close-on-exec.
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    loop {
+        // SAFETY: null address pointers are allowed (we do not need the peer's address).
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Starts a non-blocking TCP connection to 127.0.0.1:`port`. `Ok((fd, true))` when it is
+/// already connected, `Ok((fd, false))` while in progress: wait for writability, then ask
+/// `socket_error`.
+pub fn connect_loopback(port: u16) -> io::Result<(OwnedFd, bool)> {
+    // SAFETY: socket takes integer arguments and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    };
+    if fd == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `addr` is a live sockaddr_in and the length given is its size.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        return Ok((fd, true));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINPROGRESS) | Some(libc::EINTR) => Ok((fd, false)),
+        _ => Err(e),
+    }
+}
+
+/// The pending error of a socket (SO_ERROR), which also clears it.
+pub fn socket_error(fd: RawFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are live out-pointers of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == -1 {
+        return Some(io::Error::last_os_error());
+    }
+    (err != 0).then(|| io::Error::from_raw_os_error(err))
+}
+
+/// send(2) without SIGPIPE: a peer that went away is an `Err`, never a signal.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// recv(2) with MSG_PEEK: looks at what has arrived without taking it from the socket.
+#[allow(dead_code)] // used by the HTTP front
+pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Ends our sending direction (a FIN for the peer); reading goes on.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: shutdown takes integers; on a socket already shut or reset it fails harmlessly.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Makes the coming close(2) send a reset instead of a FIN (SO_LINGER with a zero timeout):
+/// how a reset from one side is passed on to the other.
+pub fn reset_on_close(fd: &impl AsRawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let _ = set_socket_option(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+}
+
+pub fn set_nodelay(fd: &impl AsRawFd) {
+    // Best effort: on a socket the peer already reset it fails, and nothing is lost.
+    let _ = set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &(1 as libc::c_int));
+}
+
+/// The soft limit on open descriptors.
+pub fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a live out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == -1 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// How many descriptors this process has open now.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

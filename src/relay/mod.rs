@@ -1,0 +1,584 @@
+//! The relay: each region's port, listened on by the supervisor on `SUPERVISOR_RELAY_ADDR`,
+//! with every TCP connection copied byte for byte to the region's child on
+//! 127.0.0.1:<child port> (the real plugin binds loopback only).
+//!
+//! Thread model: one relay thread per region owns that region's listener and every one of its
+//! connections, and sleeps in one `epoll` on all of them plus its mailbox's eventfd. That keeps
+//! "one thread per region" (a region's relay never waits on another's), costs a few hundred
+//! bytes per idle connection instead of a thread and its stack, and leaves the copy a plain
+//! read/write loop whose bytes the request observer can see. The supervisor thread tells the
+//! relay thread what its region is doing (`Gate`) and when to stop; the relay thread only ever
+//! writes its `Stats`.
+//!
+//! A connection's life: accepted (within the region's cap and the process-wide descriptor
+//! budget, see `accept.rs`); if the region is open (ready, or running with a failed probe) it is
+//! connected to the child at once, otherwise *held*: nothing read, no child contacted, until the
+//! region is open again (then released a batch at a time) or `SUPERVISOR_RELAY_HOLD` runs out.
+//! A refused connect while the gate is still open (the child just died and the supervisor has
+//! not heard yet) holds the connection too and retries after a short pause, so a restart that
+//! fits in the hold time loses no new connection. Connected, it is a `Duplex` until both
+//! directions end. A connection closed without reaching a child is closed gracefully (FIN, then
+//! what the client still sends is read and dropped for a moment), never with a reset.
+
+mod duplex;
+pub mod stats;
+
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use crate::accept::{self, Accepted, Permit};
+use crate::output;
+use crate::sys::{self, Epoll, EventFd, Ready, WANT_READ};
+use duplex::{Duplex, Side, Step, Watch, HALF_CLOSED_IDLE, LINGER};
+pub use stats::{Reject, Stats};
+
+/// What the region is doing, as far as new connections are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Starting, restarting or in backoff: hold new connections.
+    Hold,
+    /// Ready (or running with a failed probe): connect at once.
+    Open,
+}
+
+pub enum Control {
+    Gate(Gate),
+    /// The first stop signal: close the listener and every held connection; connected ones
+    /// flow on while the children shut down.
+    Stop,
+    /// The children are gone (or the grace is over): close everything and end the thread.
+    Quit,
+}
+
+pub struct Setup {
+    pub region: &'static str,
+    pub listener: TcpListener,
+    pub child_port: u16,
+    pub hold: Duration,
+    pub max_connections: usize,
+    pub stats: Arc<Stats>,
+}
+
+/// How the supervisor thread reaches a relay thread.
+pub struct Handle {
+    tx: Sender<Control>,
+    wake: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Handle {
+    pub fn send(&self, c: Control) {
+        let _ = self.tx.send(c);
+        self.wake.wake();
+    }
+
+    /// Closes everything and waits for the thread.
+    pub fn quit(mut self) {
+        self.send(Control::Quit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Bytes one read takes; also the most a direction ever keeps pending.
+const READ_SIZE: usize = 64 * 1024;
+/// Descriptors a connection holds: the client's socket and the child's.
+const FDS_PER_CONNECTION: usize = 2;
+/// Held connections released per turn of the loop, so a returning child is not hit by all of
+/// them in the same millisecond.
+const RELEASE_BATCH: usize = 16;
+/// Pause before a refused connect is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// A connect to the child that has not completed in this long has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadlines (hold, half-closed, linger, connect) are checked this often.
+const SWEEP: Duration = Duration::from_millis(100);
+/// Clients accepted per readiness report of the listener (the rest on the next turn).
+const ACCEPT_BATCH: usize = 64;
+
+const LISTENER: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX - 1;
+
+pub fn start(setup: Setup) -> std::io::Result<Handle> {
+    let (tx, rx) = unbounded();
+    let wake = Arc::new(EventFd::new()?);
+    let epoll = Epoll::new()?;
+    setup.listener.set_nonblocking(true)?;
+    epoll.add(wake.raw(), WANT_READ, WAKE)?;
+    let name = format!("relay {}", setup.region);
+    let relay = Relay {
+        listener: Some(setup.listener),
+        listening: false,
+        paused_until: None,
+        epoll,
+        rx,
+        wake: wake.clone(),
+        gate: Gate::Hold,
+        stopping: false,
+        conns: Vec::new(),
+        free: Vec::new(),
+        freed: Vec::new(),
+        waiting: VecDeque::new(),
+        child_port: setup.child_port,
+        hold: setup.hold,
+        max: setup.max_connections,
+        stats: setup.stats,
+        region: setup.region,
+        last_sweep: Instant::now(),
+    };
+    let thread = std::thread::Builder::new().name(name).spawn(move || relay.run())?;
+    Ok(Handle { tx, wake, thread: Some(thread) })
+}
+
+enum State {
+    /// Accepted, waiting for the region; nothing read. Tried at `not_before` at the earliest.
+    Held {
+        until: Instant,
+        not_before: Instant,
+    },
+    /// Connecting to the child.
+    Connecting {
+        child: OwnedFd,
+        until: Instant,
+    },
+    Open(Duplex),
+    /// Closing: our FIN is sent, what the client still sends is dropped until `until`.
+    Linger {
+        until: Instant,
+    },
+    /// Between states (only while a transition runs).
+    Moving,
+}
+
+struct Conn {
+    client: Option<OwnedFd>,
+    state: State,
+    held_until: Instant,
+    /// Events registered for (client, child); 0: not registered.
+    registered: [u32; 2],
+    _permit: Permit,
+}
+
+struct Relay {
+    listener: Option<TcpListener>,
+    listening: bool,
+    paused_until: Option<Instant>,
+    epoll: Epoll,
+    rx: Receiver<Control>,
+    wake: Arc<EventFd>,
+    gate: Gate,
+    stopping: bool,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// Slots closed during this turn; reused only after it, so a late report of a closed
+    /// socket never reaches a new connection.
+    freed: Vec<usize>,
+    /// Held connections, oldest first.
+    waiting: VecDeque<usize>,
+    child_port: u16,
+    hold: Duration,
+    max: usize,
+    stats: Arc<Stats>,
+    region: &'static str,
+    last_sweep: Instant,
+}
+
+/// Counts bytes for the region while a `Duplex` copies them.
+struct Counter<'a>(&'a Stats);
+
+impl Watch for Counter<'_> {
+    fn client_bytes(&mut self, bytes: &[u8]) {
+        self.0.received.fetch_add(bytes.len() as u64, Relaxed);
+    }
+    fn child_bytes(&mut self, bytes: &[u8]) {
+        self.0.sent.fetch_add(bytes.len() as u64, Relaxed);
+    }
+}
+
+fn token(slot: usize, side: Side) -> u64 {
+    (slot as u64) << 1 | u64::from(side == Side::Child)
+}
+
+impl Relay {
+    fn run(mut self) {
+        let mut raw = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut ready = Vec::new();
+        let mut buf = vec![0u8; READ_SIZE];
+        loop {
+            self.sync_listener();
+            let timeout = self.timeout();
+            if let Err(e) = self.epoll.wait(&mut raw, &mut ready, timeout) {
+                output::error(Some(self.region), &format!("relay: epoll failed: {e}"), &[]);
+                std::thread::sleep(accept::PAUSE);
+                continue;
+            }
+            let now = Instant::now();
+            for r in &ready {
+                match r.token {
+                    WAKE => {
+                        self.wake.clear();
+                    }
+                    LISTENER => self.accept(now),
+                    t => self.on_ready(r, t, &mut buf, now),
+                }
+            }
+            if !self.control(now) {
+                return;
+            }
+            self.release(now);
+            if now.duration_since(self.last_sweep) >= SWEEP {
+                self.sweep(now);
+            }
+            self.free.append(&mut self.freed);
+        }
+    }
+
+    /// Applies the supervisor's messages; false once the thread must end.
+    fn control(&mut self, now: Instant) -> bool {
+        while let Ok(c) = self.rx.try_recv() {
+            match c {
+                Control::Gate(g) => self.gate = g,
+                Control::Stop => self.stop(now),
+                Control::Quit => {
+                    self.conns.clear();
+                    self.stats.active.store(0, Relaxed);
+                    self.stats.held.store(0, Relaxed);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn stop(&mut self, now: Instant) {
+        self.stopping = true;
+        if let Some(l) = self.listener.take() {
+            if self.listening {
+                let _ = self.epoll.delete(l.as_raw_fd());
+            }
+        }
+        while let Some(slot) = self.waiting.pop_front() {
+            self.reject(slot, Reject::Stopping, now);
+        }
+    }
+
+    /// Listens while there is room, descriptors and no pause.
+    fn sync_listener(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let live = self.conns.len() - self.free.len() - self.freed.len();
+        let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
+        let want = live < self.max && !paused;
+        if want != self.listening {
+            let r = if want {
+                self.epoll.add(l.as_raw_fd(), WANT_READ, LISTENER)
+            } else {
+                self.epoll.delete(l.as_raw_fd())
+            };
+            if r.is_ok() {
+                self.listening = want;
+            }
+        }
+        if !paused {
+            self.paused_until = None;
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut t: Option<Duration> = None;
+        let mut at = |d: Duration| t = Some(t.map_or(d, |x| x.min(d)));
+        if let Some(p) = self.paused_until {
+            at(p.saturating_duration_since(now));
+        }
+        if self.gate == Gate::Open && !self.waiting.is_empty() {
+            at(Duration::from_millis(1));
+        }
+        if self.conns.len() > self.free.len() + self.freed.len() {
+            at((self.last_sweep + SWEEP).saturating_duration_since(now));
+        }
+        t
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let Some(l) = &self.listener else { return };
+        let fd = l.as_raw_fd();
+        for _ in 0..ACCEPT_BATCH {
+            let live = self.conns.len() - self.free.len() - self.freed.len();
+            if live >= self.max {
+                return;
+            }
+            match accept::accept_one(fd, FDS_PER_CONNECTION) {
+                Accepted::Conn(client, permit) => {
+                    self.stats.accepted.fetch_add(1, Relaxed);
+                    let state = State::Held { until: now + self.hold, not_before: now };
+                    let conn = Conn {
+                        client: Some(client),
+                        state,
+                        held_until: now + self.hold,
+                        registered: [0; 2],
+                        _permit: permit,
+                    };
+                    let slot = self.insert(conn);
+                    if self.gate == Gate::Open {
+                        self.connect(slot, now);
+                    } else {
+                        self.hold(slot);
+                    }
+                }
+                Accepted::Empty => return,
+                Accepted::Pause(why) => {
+                    if self.paused_until.is_none() {
+                        output::warn(Some(self.region), &format!("relay: not accepting for now: {why}"), &[]);
+                    }
+                    self.paused_until = Some(now + accept::PAUSE);
+                    if self.listening && self.epoll.delete(fd).is_ok() {
+                        self.listening = false;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, conn: Conn) -> usize {
+        match self.free.pop() {
+            Some(slot) => {
+                self.conns[slot] = Some(conn);
+                slot
+            }
+            None => {
+                self.conns.push(Some(conn));
+                self.conns.len() - 1
+            }
+        }
+    }
+
+    fn hold(&mut self, slot: usize) {
+        self.stats.held.fetch_add(1, Relaxed);
+        self.waiting.push_back(slot);
+    }
+
+    /// Connects held connections while the region is open, a batch per turn, oldest first.
+    fn release(&mut self, now: Instant) {
+        if self.gate != Gate::Open {
+            return;
+        }
+        for _ in 0..RELEASE_BATCH {
+            let Some(&slot) = self.waiting.front() else { return };
+            let due = match self.conns[slot].as_ref().map(|c| &c.state) {
+                Some(State::Held { not_before, .. }) => *not_before <= now,
+                _ => true,
+            };
+            if !due {
+                return;
+            }
+            self.waiting.pop_front();
+            self.stats.held.fetch_sub(1, Relaxed);
+            if matches!(self.conns[slot].as_ref().map(|c| &c.state), Some(State::Held { .. })) {
+                self.connect(slot, now);
+            }
+        }
+    }
+
+    fn connect(&mut self, slot: usize, now: Instant) {
+        match sys::connect_loopback(self.child_port) {
+            Ok((child, true)) => self.opened(slot, child, now),
+            Ok((child, false)) => {
+                let conn = self.conns[slot].as_mut().expect("live slot");
+                conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
+                self.sync(slot);
+            }
+            Err(e) => self.connect_failed(slot, e, now),
+        }
+    }
+
+    /// A refused or failed connect: hold the connection again while its hold time lasts (the
+    /// child may be restarting), else give up on it.
+    fn connect_failed(&mut self, slot: usize, why: std::io::Error, now: Instant) {
+        let conn = self.conns[slot].as_mut().expect("live slot");
+        let until = conn.held_until;
+        if now + RETRY_PAUSE < until && !self.stopping {
+            conn.state = State::Held { until, not_before: now + RETRY_PAUSE };
+            self.sync(slot);
+            self.hold(slot);
+        } else {
+            let _ = why;
+            self.reject(slot, Reject::ConnectError, now);
+        }
+    }
+
+    fn opened(&mut self, slot: usize, child: OwnedFd, now: Instant) {
+        let conn = self.conns[slot].as_mut().expect("live slot");
+        let client = conn.client.take().expect("a connecting connection has its client");
+        conn.state = State::Open(Duplex::new(client, child, now));
+        self.stats.active.fetch_add(1, Relaxed);
+        self.sync(slot);
+    }
+
+    /// Closes a connection that reached no child: FIN first, then a short linger.
+    fn reject(&mut self, slot: usize, why: Reject, now: Instant) {
+        self.stats.reject(why);
+        let Some(conn) = self.conns[slot].as_mut() else { return };
+        if let Some(c) = &conn.client {
+            sys::shutdown_write(c.as_raw_fd());
+        }
+        conn.state = State::Linger { until: now + LINGER };
+        self.sync(slot);
+    }
+
+    fn on_ready(&mut self, r: &Ready, token: u64, buf: &mut [u8], now: Instant) {
+        let slot = (token >> 1) as usize;
+        let side = if token & 1 == 1 { Side::Child } else { Side::Client };
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        match &mut conn.state {
+            State::Open(d) => {
+                let wanted = d.wanted(side);
+                let readable = (r.readable || r.broken) && wanted & WANT_READ != 0;
+                let writable = (r.writable || r.broken) && wanted & sys::WANT_WRITE != 0;
+                let step = d.on_ready(side, readable, writable, buf, &mut Counter(&self.stats), now);
+                self.after(slot, step, now);
+            }
+            State::Connecting { child, .. } if side == Side::Child => {
+                match sys::socket_error(child.as_raw_fd()) {
+                    None => {
+                        let State::Connecting { child, .. } =
+                            std::mem::replace(&mut conn.state, State::Moving)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        conn.registered[1] = 0;
+                        let _ = self.epoll.delete(child.as_raw_fd());
+                        self.opened(slot, child, now);
+                    }
+                    Some(e) => {
+                        conn.state = State::Moving;
+                        self.connect_failed(slot, e, now);
+                    }
+                }
+            }
+            State::Linger { .. } => {
+                if conn.client.as_ref().is_none_or(|c| drain(c.as_raw_fd(), buf)) {
+                    self.close(slot);
+                }
+            }
+            State::Connecting { .. } | State::Held { .. } | State::Moving => {}
+        }
+    }
+
+    fn after(&mut self, slot: usize, step: Step, now: Instant) {
+        match step {
+            Step::Go => self.sync(slot),
+            Step::Done => self.close(slot),
+            Step::Reset => {
+                if let Some(State::Open(d)) = self.take_state(slot) {
+                    self.stats.active.fetch_sub(1, Relaxed);
+                    duplex::reset(d);
+                }
+                self.close(slot);
+            }
+            Step::Linger => {
+                if let Some(State::Open(d)) = self.take_state(slot) {
+                    self.stats.active.fetch_sub(1, Relaxed);
+                    let conn = self.conns[slot].as_mut().expect("live slot");
+                    // The child's socket closes with `d`; the client's stays registered.
+                    conn.registered[1] = 0;
+                    conn.client = Some(d.into_client());
+                    conn.state = State::Linger { until: now + LINGER };
+                }
+                self.sync(slot);
+            }
+        }
+    }
+
+    fn take_state(&mut self, slot: usize) -> Option<State> {
+        self.conns[slot].as_mut().map(|c| std::mem::replace(&mut c.state, State::Moving))
+    }
+
+    /// Ends a connection: its sockets close when dropped (epoll forgets closed descriptors).
+    fn close(&mut self, slot: usize) {
+        let Some(conn) = self.conns[slot].take() else { return };
+        if let State::Open(_) = conn.state {
+            self.stats.active.fetch_sub(1, Relaxed);
+        }
+        self.freed.push(slot);
+    }
+
+    /// Registers exactly the events the connection wants on each socket now.
+    fn sync(&mut self, slot: usize) {
+        let Some(conn) = self.conns[slot].as_mut() else { return };
+        let (client, child, want): (Option<i32>, Option<i32>, [u32; 2]) = match &conn.state {
+            State::Open(d) => (
+                Some(d.client.as_raw_fd()),
+                Some(d.child.as_raw_fd()),
+                [d.wanted(Side::Client), d.wanted(Side::Child)],
+            ),
+            State::Connecting { child, .. } => (None, Some(child.as_raw_fd()), [0, sys::WANT_WRITE]),
+            State::Linger { .. } => (conn.client.as_ref().map(|c| c.as_raw_fd()), None, [WANT_READ, 0]),
+            State::Held { .. } | State::Moving => (None, None, [0, 0]),
+        };
+        let client = client.or(conn.client.as_ref().map(|c| c.as_raw_fd()));
+        for (i, (fd, side)) in [(client, Side::Client), (child, Side::Child)].into_iter().enumerate() {
+            let Some(fd) = fd else {
+                conn.registered[i] = 0;
+                continue;
+            };
+            let (had, want) = (conn.registered[i], want[i]);
+            if had == want {
+                continue;
+            }
+            let t = token(slot, side);
+            let r = match (had, want) {
+                (0, w) => self.epoll.add(fd, w, t),
+                (_, 0) => self.epoll.delete(fd),
+                (_, w) => self.epoll.modify(fd, w, t),
+            };
+            if r.is_ok() {
+                conn.registered[i] = want;
+            }
+        }
+    }
+
+    /// Checks every deadline: hold, connect, half-closed idle, linger.
+    fn sweep(&mut self, now: Instant) {
+        self.last_sweep = now;
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_ref() else { continue };
+            match &conn.state {
+                State::Held { until, .. } if *until <= now => {
+                    self.waiting.retain(|&s| s != slot);
+                    self.stats.held.fetch_sub(1, Relaxed);
+                    self.reject(slot, Reject::HoldTimeout, now);
+                }
+                State::Connecting { until, .. } if *until <= now => {
+                    self.reject(slot, Reject::ConnectError, now);
+                }
+                State::Open(d) if d.half_closed() && now.duration_since(d.last_moved) >= HALF_CLOSED_IDLE => {
+                    self.close(slot);
+                }
+                State::Linger { until } if *until <= now => self.close(slot),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads and drops what a lingering client sends; true once it has closed or failed.
+fn drain(fd: i32, buf: &mut [u8]) -> bool {
+    for _ in 0..16 {
+        match sys::read(fd, buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}

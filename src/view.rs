@@ -1,0 +1,61 @@
+//! What the HTTP endpoint shows, shared between threads.
+//!
+//! The supervisor thread is the only writer of the `View` (it republishes it after every
+//! event); the HTTP threads read it, copying what they need under the lock for microseconds.
+//! Counters that change faster than events (log lines, relayed connections and bytes) are
+//! atomics owned by their writer (a region thread, a relay thread) and only read here.
+
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use crate::region::Stats;
+use crate::relay;
+
+/// A region's state as SPEC's `/healthz` body names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionState {
+    Starting,
+    Ready,
+    Unhealthy,
+    Backoff,
+    Stopped,
+    Failed,
+}
+
+impl RegionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionState::Starting => "starting",
+            RegionState::Ready => "ready",
+            RegionState::Unhealthy => "unhealthy",
+            RegionState::Backoff => "backoff",
+            RegionState::Stopped => "stopped",
+            RegionState::Failed => "failed",
+        }
+    }
+}
+
+pub struct View {
+    pub regions: Vec<RegionView>,
+    /// Stopping or given up: `/livez` answers 503.
+    pub stopping: bool,
+}
+
+#[derive(Clone)]
+pub struct RegionView {
+    pub name: &'static str,
+    /// Where clients reach the region.
+    pub port: u16,
+    /// Where its child listens (on 127.0.0.1); equal to `port` without the relay.
+    pub child_port: u16,
+    pub state: RegionState,
+    pub pid: Option<i32>,
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    pub started_at: Option<SystemTime>,
+    pub stats: Arc<Stats>,
+    /// The relay's counters; `None` with the relay off.
+    pub relay: Option<Arc<relay::Stats>>,
+}
+
+pub type SharedView = Arc<RwLock<View>>;
