@@ -582,3 +582,128 @@ fn drain(fd: i32, buf: &mut [u8]) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::sync::atomic::AtomicU64;
+
+    /// A relay on a free port in front of `child_port`, with its counters.
+    fn relay(child_port: u16, hold: Duration) -> (Handle, u16, Arc<Stats>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stats = Arc::new(Stats::default());
+        let setup = Setup {
+            region: "us-east-1",
+            listener,
+            child_port,
+            hold,
+            max_connections: 64,
+            stats: stats.clone(),
+        };
+        (start(setup).unwrap(), port, stats)
+    }
+
+    /// An echo child: answers each connection with what it read, uppercased, then closes.
+    fn echo_child() -> (u16, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            for s in l.incoming().take(1) {
+                let mut s = s.unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).unwrap();
+                s.write_all(&got.to_ascii_uppercase()).unwrap();
+            }
+        });
+        (port, t)
+    }
+
+    fn wait_until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+
+    #[test]
+    fn a_held_connection_reaches_the_child_once_the_region_opens() {
+        let (child_port, child) = echo_child();
+        let (h, port, stats) = relay(child_port, Duration::from_secs(10));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"hello").unwrap();
+        wait_until("the connection to be held", || get(&stats.held) == 1);
+        assert_eq!(get(&stats.active), 0);
+        h.send(Control::Gate(Gate::Open));
+        wait_until("the connection to be connected", || get(&stats.active) == 1);
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"HELLO", "a half-closing client still gets its answer");
+        child.join().unwrap();
+        wait_until("the connection to end", || get(&stats.active) == 0);
+        assert_eq!((get(&stats.received), get(&stats.sent), get(&stats.held)), (5, 5, 0));
+        h.quit();
+    }
+
+    #[test]
+    fn a_held_connection_closes_gracefully_when_the_hold_runs_out() {
+        let (h, port, stats) = relay(1, Duration::from_millis(300));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"unread").unwrap();
+        let mut buf = [0u8; 8];
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(c.read(&mut buf).unwrap(), 0, "a FIN, not a reset");
+        assert_eq!(stats.rejected(Reject::HoldTimeout), 1);
+        assert_eq!(get(&stats.held), 0);
+        h.quit();
+    }
+
+    #[test]
+    fn a_refused_connect_is_retried_until_the_child_listens() {
+        // Reserve a port, then free it: the child appears on it only later.
+        let port_of_child = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (h, port, stats) = relay(port_of_child, Duration::from_secs(10));
+        h.send(Control::Gate(Gate::Open));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"late").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(get(&stats.active), 0);
+        let l = TcpListener::bind(("127.0.0.1", port_of_child)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"late");
+        s.write_all(b"ok").unwrap();
+        drop(s);
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"ok");
+        assert_eq!(stats.rejected(Reject::ConnectError), 0);
+        h.quit();
+    }
+
+    #[test]
+    fn stop_closes_the_listener_and_every_held_connection() {
+        let (h, port, stats) = relay(1, Duration::from_secs(10));
+        let mut held: Vec<TcpStream> =
+            (0..5).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        wait_until("five held", || get(&stats.held) == 5);
+        h.send(Control::Stop);
+        for c in &mut held {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(c.read(&mut [0u8; 4]).unwrap(), 0);
+        }
+        assert_eq!(stats.rejected(Reject::Stopping), 5);
+        wait_until("the listener to close", || TcpStream::connect(("127.0.0.1", port)).is_err());
+        h.quit();
+    }
+}
