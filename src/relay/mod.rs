@@ -133,6 +133,7 @@ pub fn start(setup: Setup) -> std::io::Result<Handle> {
         stats: setup.stats,
         region: setup.region,
         last_sweep: Instant::now(),
+        deadlines: false,
     };
     let thread = std::thread::Builder::new().name(name).spawn(move || relay.run())?;
     Ok(Handle { tx, wake, thread: Some(thread) })
@@ -189,6 +190,8 @@ struct Relay {
     stats: Arc<Stats>,
     region: &'static str,
     last_sweep: Instant,
+    /// Some connection may have a deadline (held, connecting, lingering, half-closed): sweep.
+    deadlines: bool,
 }
 
 /// Counts bytes for the region while a `Duplex` copies them.
@@ -301,7 +304,7 @@ impl Relay {
         if self.gate == Gate::Open && !self.waiting.is_empty() {
             at(Duration::from_millis(1));
         }
-        if self.conns.len() > self.free.len() + self.freed.len() {
+        if self.deadlines {
             at((self.last_sweep + SWEEP).saturating_duration_since(now));
         }
         t
@@ -362,6 +365,7 @@ impl Relay {
     }
 
     fn hold(&mut self, slot: usize) {
+        self.deadlines = true;
         self.stats.held.fetch_add(1, Relaxed);
         self.waiting.push_back(slot);
     }
@@ -394,6 +398,7 @@ impl Relay {
             Ok((child, false)) => {
                 let conn = self.conns[slot].as_mut().expect("live slot");
                 conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
+                self.deadlines = true;
                 self.sync(slot);
             }
             Err(e) => self.connect_failed(slot, e, now),
@@ -425,6 +430,7 @@ impl Relay {
 
     /// Closes a connection that reached no child: FIN first, then a short linger.
     fn reject(&mut self, slot: usize, why: Reject, now: Instant) {
+        self.deadlines = true;
         self.stats.reject(why);
         let Some(conn) = self.conns[slot].as_mut() else { return };
         if let Some(c) = &conn.client {
@@ -475,7 +481,12 @@ impl Relay {
 
     fn after(&mut self, slot: usize, step: Step, now: Instant) {
         match step {
-            Step::Go => self.sync(slot),
+            Step::Go => {
+                if let Some(Conn { state: State::Open(d), .. }) = &self.conns[slot] {
+                    self.deadlines |= d.half_closed();
+                }
+                self.sync(slot);
+            }
             Step::Done => self.close(slot),
             Step::Reset => {
                 if let Some(State::Open(d)) = self.take_state(slot) {
@@ -493,6 +504,7 @@ impl Relay {
                     conn.client = Some(d.into_client());
                     conn.state = State::Linger { until: now + LINGER };
                 }
+                self.deadlines = true;
                 self.sync(slot);
             }
         }
@@ -549,8 +561,11 @@ impl Relay {
     /// Checks every deadline: hold, connect, half-closed idle, linger.
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
+        self.deadlines = false;
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_ref() else { continue };
+            let open_only = matches!(&conn.state, State::Open(d) if !d.half_closed());
+            self.deadlines |= !open_only;
             match &conn.state {
                 State::Held { until, .. } if *until <= now => {
                     self.waiting.retain(|&s| s != slot);
