@@ -468,12 +468,12 @@ fn rest_http_pool(port: u16) {
 }
 
 /// The supervisor's descriptors and threads at rest (see `rest_http_pool`). Probe and scrape
-/// threads and their sockets come and go within milliseconds, so the smallest of 30
-/// readings over a second is the count.
+/// threads and their sockets come and go within milliseconds, so the smallest of 20
+/// readings over half a second is the count.
 fn usage_at_rest(sup: &Sup) -> Usage {
     rest_http_pool(sup.ports.metrics());
     let mut usage = Usage { fds: usize::MAX, threads: usize::MAX, rss: 0, names: Default::default() };
-    for _ in 0..30 {
+    for _ in 0..20 {
         usage.fds = usage.fds.min(fd_count(sup.pid));
         let names = thread_names(sup.pid);
         let threads = names.values().sum();
@@ -481,7 +481,7 @@ fn usage_at_rest(sup: &Sup) -> Usage {
             usage.threads = threads;
             usage.names = names;
         }
-        sleep(Duration::from_millis(30));
+        sleep(Duration::from_millis(25));
     }
     usage.rss = rss_bytes(sup.pid).expect("the supervisor's VmRSS");
     usage
