@@ -305,3 +305,155 @@ pub fn require_root(test: &str) {
         panic!("{test} needs root (namespaces / setpriv); run the suite as root, as CI does");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// For the chaos tests: following the output as it grows, `/healthz` as data, /proc readings,
+// and process handles that stay valid when a pid is reused.
+
+/// One region as `/healthz` reports it.
+#[derive(Clone, Debug)]
+pub struct RegionHealth {
+    pub region: String,
+    pub state: String,
+    pub pid: Option<i32>,
+    pub restarts: u64,
+}
+
+impl Sup {
+    /// Output lines from index `from` on, for a reader that follows the output as it grows.
+    pub fn lines_from(&self, from: usize) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines.get(from..).map(<[String]>::to_vec).unwrap_or_default()
+    }
+
+    /// `/healthz`: its status and each region's entry, in the supervisor's order.
+    pub fn health(&self) -> Option<(u16, Vec<RegionHealth>)> {
+        let (code, body) = self.get("/healthz")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let regions = v["regions"]
+            .as_array()?
+            .iter()
+            .map(|r| RegionHealth {
+                region: r["region"].as_str().unwrap_or_default().to_string(),
+                state: r["state"].as_str().unwrap_or_default().to_string(),
+                pid: r["pid"].as_i64().map(|p| p as i32),
+                restarts: r["restarts"].as_u64().unwrap_or_default(),
+            })
+            .collect();
+        Some((code, regions))
+    }
+
+    /// Whether the supervisor process is still running (it has not exited).
+    pub fn running(&mut self) -> bool {
+        self.status.is_none() && self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+/// The fields of /proc/PID/stat the tests use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: i32,
+    /// Clock ticks after boot; with the pid, it names one process even across pid reuse.
+    pub start_time: u64,
+}
+
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Open descriptors of `pid` (/proc/PID/fd).
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Threads of `pid` by name (/proc/PID/task/TID/comm; a thread without a name of its own
+/// has its creator's).
+pub fn thread_names(pid: i32) -> std::collections::BTreeMap<String, usize> {
+    let mut names = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        if let Ok(name) = std::fs::read_to_string(task.path().join("comm")) {
+            *names.entry(name.trim_end().to_string()).or_insert(0) += 1;
+        }
+    }
+    names
+}
+
+/// A line of /proc/PID/status, e.g. `VmRSS`, without its name.
+fn status_field(pid: i32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_string()))
+}
+
+/// Resident set size of `pid` in bytes.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let kib: u64 = status_field(pid, "VmRSS")?.trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Whether `pid` has a handler for `sig` (the SigCgt mask of /proc/PID/status).
+pub fn catches(pid: i32, sig: i32) -> bool {
+    status_field(pid, "SigCgt")
+        .and_then(|mask| u64::from_str_radix(&mask, 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+}
+
+/// A pidfd (pidfd_open(2)): it names one process for as long as it is open, so a signal sent
+/// through it can never reach a process that took over the pid after a reap.
+pub struct Pidfd {
+    fd: std::os::fd::OwnedFd,
+    pub pid: i32,
+}
+
+impl Pidfd {
+    /// A handle on `pid` if it is a running (not zombie) child of `parent`.
+    pub fn child_of(parent: i32, pid: i32) -> Option<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the descriptor was just returned to us and nothing else owns it.
+        let handle = Pidfd { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }, pid };
+        let stat = proc_stat(pid)?;
+        // Read after the handle was opened, and the process had not exited after the read:
+        // so the stat read describes the process the handle names, not a successor.
+        let ours = stat.ppid == parent && stat.state != 'Z' && !handle.exited();
+        ours.then_some(handle)
+    }
+
+    /// Whether the process has terminated (a zombie counts as terminated).
+    pub fn exited(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one valid pollfd, without waiting.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 }
+    }
+
+    /// Sends `sig` if the process has not terminated; true when sent.
+    pub fn signal(&self, sig: i32) -> bool {
+        use std::os::fd::AsRawFd;
+        if self.exited() {
+            return false;
+        }
+        // SAFETY: pidfd_send_signal on our own descriptor, no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
+    }
+}
