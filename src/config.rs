@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,6 +46,30 @@ pub const SETTINGS: &[Setting] = &[
         flag: "--metrics-addr",
         default: "0.0.0.0:9090",
         help: "listen address of /metrics, /healthz, /readyz, /livez; `off` disables it",
+    },
+    Setting {
+        env: "SUPERVISOR_RELAY_ADDR",
+        flag: "--relay-addr",
+        default: "0.0.0.0",
+        help: "IP address the relay listens on, on every region's port, relaying to the child; `off`: each child listens on the region's port itself",
+    },
+    Setting {
+        env: "SUPERVISOR_CHILD_PORT_BASE",
+        flag: "--child-port-base",
+        default: "18001",
+        help: "with the relay: the port a region's child listens on (127.0.0.1) = base + its row",
+    },
+    Setting {
+        env: "SUPERVISOR_RELAY_HOLD",
+        flag: "--relay-hold",
+        default: "10s",
+        help: "how long a new connection to a region that is not ready waits for it before it is closed",
+    },
+    Setting {
+        env: "SUPERVISOR_RELAY_MAX_CONNECTIONS",
+        flag: "--relay-max-connections",
+        default: "1024",
+        help: "relayed connections per region at once (held ones included); past it, new ones wait in the listen queue",
     },
     Setting {
         env: "SUPERVISOR_HEALTH_PATH",
@@ -151,17 +175,17 @@ pub struct RegionPlan {
     pub name: &'static str,
     /// The port the region is reached on (SPEC's table: base + row).
     pub port: u16,
-    /// The port the child is told to listen on. Today it is `port`; the planned relay mode
-    /// gives the child an internal port while the supervisor listens on `port` itself.
+    /// The port the child is told to listen on (on 127.0.0.1): with the relay,
+    /// `SUPERVISOR_CHILD_PORT_BASE` + row; without it, `port`.
     pub child_port: u16,
     /// Program and arguments, placeholders already substituted.
     pub argv: Vec<String>,
 }
 
+/// The relay's settings (SPEC "Relay"); `Config::relay` is `None` with `SUPERVISOR_RELAY_ADDR=off`.
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
-    #[allow(dead_code)]
-    pub addr: std::net::IpAddr,
+    pub addr: IpAddr,
     pub hold: Duration,
     pub max_connections: usize,
 }
@@ -219,42 +243,54 @@ impl Parser<'_> {
         }
     }
 
-    fn typed<T>(&mut self, env: &str, default: T, parse: fn(&str) -> Option<T>, valid: &str) -> T {
+    /// The value of `env` parsed by `parse`, or the table's default (parsed the same way).
+    fn typed<T>(&mut self, env: &str, parse: fn(&str) -> Option<T>, valid: &str) -> T {
+        let default = || parse(default_of(env)).expect("every default in SETTINGS parses");
         match self.value(env) {
-            None => default,
+            None => default(),
             Some(v) => parse(v.text.trim()).unwrap_or_else(|| {
                 self.errors.push(format!("{}: {:?} is not {valid}", v.origin, v.text));
-                default
+                default()
             }),
         }
     }
 
-    fn duration(&mut self, env: &str, default: Duration) -> Duration {
-        self.typed(env, default, parse_duration, "a duration (use 250ms, 5s, 2m, or whole seconds)")
+    fn duration(&mut self, env: &str) -> Duration {
+        self.typed(env, parse_duration, DURATION)
     }
 
     /// A duration that must be more than zero (a zero timeout or period makes no sense).
-    fn positive_duration(&mut self, env: &str, default: Duration) -> Duration {
+    fn positive_duration(&mut self, env: &str) -> Duration {
+        self.typed(env, |s| parse_duration(s).filter(|d| !d.is_zero()), POSITIVE_DURATION)
+    }
+
+    fn count(&mut self, env: &str) -> u32 {
+        self.typed(env, |s| s.parse().ok(), "a whole number (0, 1, 2, ...)")
+    }
+
+    fn port(&mut self, env: &str) -> u32 {
         self.typed(
             env,
-            default,
-            |s| parse_duration(s).filter(|d| !d.is_zero()),
-            "a duration above zero (use 250ms, 5s, 2m, or whole seconds)",
+            |s| s.parse::<u32>().ok().filter(|b| (1..=65535).contains(b)),
+            "a port number (1..65535)",
         )
     }
 
-    fn count(&mut self, env: &str, default: u32) -> u32 {
-        self.typed(env, default, |s| s.parse().ok(), "a whole number (0, 1, 2, ...)")
-    }
-
-    fn path(&mut self, env: &str, default: &str) -> String {
+    fn path(&mut self, env: &str) -> String {
         self.typed(
             env,
-            default.to_string(),
             |s| (s.starts_with('/') && !s.contains(char::is_whitespace)).then(|| s.to_string()),
             "an HTTP path (it starts with / and has no spaces, e.g. /healthz)",
         )
     }
+}
+
+const DURATION: &str = "a duration (use 250ms, 5s, 2m, 1h, or whole seconds)";
+const POSITIVE_DURATION: &str = "a duration above zero (use 250ms, 5s, 2m, 1h, or whole seconds)";
+
+/// The default of a setting, as the table writes it.
+fn default_of(env: &str) -> &'static str {
+    SETTINGS.iter().find(|s| s.env == env).map(|s| s.default).expect("every setting is in the table")
 }
 
 impl Config {
@@ -266,111 +302,42 @@ impl Config {
         flags: &[(&'static str, String)],
     ) -> Result<Config, Vec<String>> {
         let mut p = Parser { lookup, flags, errors: Vec::new() };
-
-        let names = parse_region_list(&mut p);
-        let port_base = p.typed(
-            "SUPERVISOR_PORT_BASE",
-            8001u32,
-            |s| s.parse::<u32>().ok().filter(|b| (1..=65535).contains(b)),
-            "a port number (1..65535)",
-        );
-        let template = match p.value("SUPERVISOR_COMMAND") {
-            Some(v) if v.text.split_whitespace().next().is_some() => v.text,
-            Some(v) => {
-                p.errors.push(format!("{}: the command is empty", v.origin));
-                String::new()
-            }
-            None => SETTINGS[1].default.to_string(),
-        };
-
-        let mut plans = Vec::new();
-        for (index, name) in names {
-            let port = port_base + index as u32;
-            if port > 65535 {
-                p.errors.push(format!(
-                    "SUPERVISOR_PORT_BASE: {port_base} gives {name} the port {port}, above 65535 \
-                     (the base must be at most {} with these regions)",
-                    65535 - index as u32
-                ));
-                continue;
-            }
-            let port = port as u16;
-            let argv = template
-                .split_whitespace()
-                .map(|word| word.replace("{region}", name).replace("{port}", &port.to_string()))
-                .collect();
-            plans.push(RegionPlan { name, port, child_port: port, argv });
-        }
-
-        let metrics_addr = match p.value("SUPERVISOR_METRICS_ADDR") {
-            None => Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
-            Some(v) if v.text.trim() == "off" => None,
-            Some(v) => parse_listen_addr(v.text.trim()).map(Some).unwrap_or_else(|| {
-                p.errors.push(format!(
-                    "{}: {:?} is not a listen address (use HOST:PORT such as 0.0.0.0:9090, :9090, or off)",
-                    v.origin, v.text
-                ));
-                None
-            }),
-        };
-
-        let grace_default = Duration::from_secs(4);
-        let shutdown_grace = if p.value("SUPERVISOR_SHUTDOWN_GRACE").is_none()
-            && (p.lookup)(GRACE_FALLBACK).is_some_and(|v| v.is_ok_and(|t| !t.trim().is_empty()))
-        {
-            let text = (p.lookup)(GRACE_FALLBACK).and_then(Result::ok).unwrap_or_default();
-            parse_duration(text.trim()).unwrap_or_else(|| {
-                p.errors.push(format!(
-                    "{GRACE_FALLBACK}: {text:?} is not a duration (use whole seconds, or 250ms, 5s, 2m)"
-                ));
-                grace_default
-            })
-        } else {
-            p.duration("SUPERVISOR_SHUTDOWN_GRACE", grace_default)
-        };
-
+        let relay = parse_relay(&mut p);
+        let regions = plan_regions(&mut p, relay.is_some());
+        let metrics_addr = parse_metrics_addr(&mut p);
+        let shutdown_grace = parse_grace(&mut p);
         let config = Config {
-            regions: plans,
-            relay: None,
+            regions,
+            relay,
             metrics_addr,
-            health_path: p.path("SUPERVISOR_HEALTH_PATH", "/healthz"),
-            child_metrics_path: p.path("SUPERVISOR_CHILD_METRICS_PATH", "/metrics"),
-            scrape_timeout: p.positive_duration("SUPERVISOR_SCRAPE_TIMEOUT", Duration::from_secs(2)),
-            max_restarts: p.count("SUPERVISOR_MAX_RESTARTS", 3),
-            restart_backoff: p.duration("SUPERVISOR_RESTART_BACKOFF", Duration::from_secs(1)),
-            restart_reset: p.positive_duration("SUPERVISOR_RESTART_RESET", Duration::from_secs(60)),
-            startup_timeout: p.positive_duration("SUPERVISOR_STARTUP_TIMEOUT", Duration::from_secs(10)),
-            probe_interval: p.positive_duration("SUPERVISOR_PROBE_INTERVAL", Duration::from_secs(10)),
-            liveness_failures: p.count("SUPERVISOR_LIVENESS_FAILURES", 3),
+            health_path: p.path("SUPERVISOR_HEALTH_PATH"),
+            child_metrics_path: p.path("SUPERVISOR_CHILD_METRICS_PATH"),
+            scrape_timeout: p.positive_duration("SUPERVISOR_SCRAPE_TIMEOUT"),
+            max_restarts: p.count("SUPERVISOR_MAX_RESTARTS"),
+            restart_backoff: p.duration("SUPERVISOR_RESTART_BACKOFF"),
+            restart_reset: p.positive_duration("SUPERVISOR_RESTART_RESET"),
+            startup_timeout: p.positive_duration("SUPERVISOR_STARTUP_TIMEOUT"),
+            probe_interval: p.positive_duration("SUPERVISOR_PROBE_INTERVAL"),
+            liveness_failures: p.count("SUPERVISOR_LIVENESS_FAILURES"),
             shutdown_grace,
             log_format: p.typed(
                 "SUPERVISOR_LOG_FORMAT",
-                LogFormat::Inject,
-                |s| match s {
-                    "inject" => Some(LogFormat::Inject),
-                    "json" => Some(LogFormat::Json),
-                    _ => None,
-                },
+                LogFormat::parse,
                 "a log format (use inject or json)",
             ),
             max_line: p.typed(
                 "SUPERVISOR_MAX_LINE",
-                64 * 1024,
                 |s| parse_size(s).filter(|n| (MIN_LINE..=MAX_LINE).contains(n)),
                 "a size from 64 bytes to 64MiB (use 65536, 64KiB, 1MiB)",
             ),
-            health_check_timeout: p.positive_duration("HEALTH_CHECK_TIMEOUT", Duration::from_secs(5)),
+            health_check_timeout: p.positive_duration("HEALTH_CHECK_TIMEOUT"),
             quiet_healthcheck: p.typed(
                 "QUIET_HEALTHCHECK",
-                false,
-                |s| match s.to_ascii_lowercase().as_str() {
-                    "1" | "true" | "yes" => Some(true),
-                    "0" | "false" | "no" => Some(false),
-                    _ => None,
-                },
+                parse_switch,
                 "a switch (use 1 or true; 0 or false)",
             ),
         };
+        check_port_clashes(&mut p, &config);
         if p.errors.is_empty() {
             Ok(config)
         } else {
@@ -378,23 +345,163 @@ impl Config {
         }
     }
 
+    /// Where a client inside the container reaches a region: through the relay (its wildcard
+    /// address as loopback), or at the child itself on 127.0.0.1 without it.
+    pub fn client_addr(&self, r: &RegionPlan) -> SocketAddr {
+        let ip = match self.relay.as_ref().map(|relay| relay.addr) {
+            Some(IpAddr::V4(a)) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(IpAddr::V6(a)) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            Some(a) => a,
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, r.port)
+    }
+
     /// The `regions` subcommand's text form: one line per region.
     pub fn plan_text(&self) -> String {
         let mut out = String::new();
         for r in &self.regions {
-            let _ = writeln!(out, "{:<15} {:>5}  {}", r.name, r.port, r.argv.join(" "));
+            let _ =
+                writeln!(out, "{:<15} {:>5} -> {:>5}  {}", r.name, r.port, r.child_port, r.argv.join(" "));
         }
         out
     }
 
-    /// The `regions --json` form: an array of {"region","port","command"}.
+    /// The `regions --json` form: an array of {"region","port","child_port","command"}.
     pub fn plan_json(&self) -> String {
         let plan: Vec<_> = self
             .regions
             .iter()
-            .map(|r| serde_json::json!({"region": r.name, "port": r.port, "command": r.argv}))
+            .map(|r| serde_json::json!({"region": r.name, "port": r.port, "child_port": r.child_port, "command": r.argv}))
             .collect();
         serde_json::Value::Array(plan).to_string()
+    }
+}
+
+impl LogFormat {
+    fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "inject" => Some(LogFormat::Inject),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+fn parse_switch(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Some(true),
+        "0" | "false" | "no" | "unset" => Some(false),
+        _ => None,
+    }
+}
+
+/// `SUPERVISOR_RELAY_ADDR` and the settings that only matter with the relay.
+fn parse_relay(p: &mut Parser) -> Option<RelaySettings> {
+    let addr = p.typed(
+        "SUPERVISOR_RELAY_ADDR",
+        |s| if s == "off" { Some(None) } else { s.parse::<IpAddr>().ok().map(Some) },
+        "an IP address (such as 0.0.0.0, 127.0.0.1 or ::) or off",
+    );
+    let hold = p.positive_duration("SUPERVISOR_RELAY_HOLD");
+    let max_connections = p.typed(
+        "SUPERVISOR_RELAY_MAX_CONNECTIONS",
+        |s| s.parse::<usize>().ok().filter(|n| (1..=1_000_000).contains(n)),
+        "a whole number from 1 to 1000000",
+    );
+    addr.map(|addr| RelaySettings { addr, hold, max_connections })
+}
+
+/// Each selected region's ports and command.
+fn plan_regions(p: &mut Parser, relay: bool) -> Vec<RegionPlan> {
+    let names = parse_region_list(p);
+    let port_base = p.port("SUPERVISOR_PORT_BASE");
+    let child_base = p.port("SUPERVISOR_CHILD_PORT_BASE");
+    let template = match p.value("SUPERVISOR_COMMAND") {
+        Some(v) if v.text.split_whitespace().next().is_some() => v.text,
+        Some(v) => {
+            p.errors.push(format!("{}: the command is empty", v.origin));
+            String::new()
+        }
+        None => default_of("SUPERVISOR_COMMAND").to_string(),
+    };
+    let mut plans = Vec::new();
+    for (index, name) in names {
+        let Some(port) = row_port(p, "SUPERVISOR_PORT_BASE", port_base, index, name) else { continue };
+        let child_port = if relay {
+            let Some(c) = row_port(p, "SUPERVISOR_CHILD_PORT_BASE", child_base, index, name) else {
+                continue;
+            };
+            c
+        } else {
+            port
+        };
+        let argv = template
+            .split_whitespace()
+            .map(|word| word.replace("{region}", name).replace("{port}", &child_port.to_string()))
+            .collect();
+        plans.push(RegionPlan { name, port, child_port, argv });
+    }
+    plans
+}
+
+/// `base` + the region's row, or an error naming the region when that passes 65535.
+fn row_port(p: &mut Parser, env: &str, base: u32, index: usize, name: &str) -> Option<u16> {
+    let port = base + index as u32;
+    if port > 65535 {
+        p.errors.push(format!(
+            "{env}: {base} gives {name} the port {port}, above 65535 (the base must be at most {} with these regions)",
+            65535 - index as u32
+        ));
+        return None;
+    }
+    Some(port as u16)
+}
+
+fn parse_metrics_addr(p: &mut Parser) -> Option<SocketAddr> {
+    p.typed(
+        "SUPERVISOR_METRICS_ADDR",
+        |s| if s == "off" { Some(None) } else { parse_listen_addr(s).map(Some) },
+        "a listen address (use HOST:PORT such as 0.0.0.0:9090, :9090, or off)",
+    )
+}
+
+/// `SUPERVISOR_SHUTDOWN_GRACE`, else `TERMINATION_GRACE_SECONDS`, else the default.
+fn parse_grace(p: &mut Parser) -> Duration {
+    let fallback = (p.lookup)(GRACE_FALLBACK).and_then(Result::ok).filter(|t| !t.trim().is_empty());
+    match fallback {
+        Some(text) if p.value("SUPERVISOR_SHUTDOWN_GRACE").is_none() => parse_duration(text.trim())
+            .unwrap_or_else(|| {
+                p.errors.push(format!(
+                    "{GRACE_FALLBACK}: {text:?} is not a duration (use whole seconds, or 250ms, 5s, 2m)"
+                ));
+                parse_duration(default_of("SUPERVISOR_SHUTDOWN_GRACE")).expect("the default parses")
+            }),
+        _ => p.duration("SUPERVISOR_SHUTDOWN_GRACE"),
+    }
+}
+
+/// No two of the region ports, child ports and the metrics port may be equal.
+fn check_port_clashes(p: &mut Parser, c: &Config) {
+    let mut owners: Vec<(u16, String)> = Vec::new();
+    if let Some(m) = c.metrics_addr {
+        owners.push((m.port(), "the metrics port (SUPERVISOR_METRICS_ADDR)".into()));
+    }
+    for r in &c.regions {
+        owners.push((r.port, format!("the port of region {}", r.name)));
+    }
+    if c.relay.is_some() {
+        for r in &c.regions {
+            owners.push((
+                r.child_port,
+                format!("the child port of region {} (SUPERVISOR_CHILD_PORT_BASE)", r.name),
+            ));
+        }
+    }
+    for (i, (port, who)) in owners.iter().enumerate() {
+        if let Some((_, first)) = owners[..i].iter().find(|(q, _)| q == port) {
+            p.errors.push(format!("port {port} is both {first} and {who}: every port must be different"));
+        }
     }
 }
 
@@ -460,31 +567,47 @@ fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
     full.to_socket_addrs().ok()?.next()
 }
 
-/// What `preflight` hands over: the metrics listener, already bound.
+/// What `preflight` hands over: the listeners, already bound, so nothing can take an address
+/// between the check and its use.
 pub struct Preflight {
     pub metrics_listener: Option<TcpListener>,
+    /// One per region, in `config.regions` order; empty with the relay off.
     pub relay_listeners: Vec<TcpListener>,
 }
 
+/// The listen queue of a region port: clients past `SUPERVISOR_RELAY_MAX_CONNECTIONS` wait here.
+const RELAY_BACKLOG: i32 = 1024;
+
 /// Checks, before anything starts, what parsing cannot: every program exists and is
-/// executable, every region's port is free on 127.0.0.1, the metrics address is bindable.
+/// executable, every child port is free on 127.0.0.1, every region port is bindable on the
+/// relay address, the metrics address is bindable.
 pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, Vec<String>> {
     let mut errors = Vec::new();
-    let mut checked = HashSet::new();
-    for r in &config.regions {
-        let program = &r.argv[0];
-        if checked.insert(program.clone()) {
-            if let Err(why) = find_program(program, path_var) {
-                errors.push(format!("SUPERVISOR_COMMAND: program {program:?} ({}) {why}", r.name));
-            }
-        }
-    }
+    check_programs(config, path_var, &mut errors);
+    let child_env =
+        if config.relay.is_some() { "SUPERVISOR_CHILD_PORT_BASE" } else { "SUPERVISOR_PORT_BASE" };
     for r in &config.regions {
         if let Err(e) = TcpListener::bind(("127.0.0.1", r.child_port)) {
             errors.push(format!(
-                "SUPERVISOR_PORT_BASE: port {} of region {} is not free on 127.0.0.1 ({e})",
+                "{child_env}: port {} of region {} is not free on 127.0.0.1 ({e})",
                 r.child_port, r.name
             ));
+        }
+    }
+    let mut relay_listeners = Vec::new();
+    if let Some(relay) = &config.relay {
+        for r in &config.regions {
+            match TcpListener::bind((relay.addr, r.port)) {
+                Ok(l) => {
+                    crate::sys::set_backlog(&l, RELAY_BACKLOG);
+                    relay_listeners.push(l);
+                }
+                Err(e) => errors.push(format!(
+                    "SUPERVISOR_RELAY_ADDR: cannot listen on {} for region {} ({e})",
+                    SocketAddr::new(relay.addr, r.port),
+                    r.name
+                )),
+            }
         }
     }
     let metrics_listener = match config.metrics_addr {
@@ -498,9 +621,21 @@ pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, V
         },
     };
     if errors.is_empty() {
-        Ok(Preflight { metrics_listener, relay_listeners: Vec::new() })
+        Ok(Preflight { metrics_listener, relay_listeners })
     } else {
         Err(errors)
+    }
+}
+
+fn check_programs(config: &Config, path_var: Option<&str>, errors: &mut Vec<String>) {
+    let mut checked = HashSet::new();
+    for r in &config.regions {
+        let program = &r.argv[0];
+        if checked.insert(program.clone()) {
+            if let Err(why) = find_program(program, path_var) {
+                errors.push(format!("SUPERVISOR_COMMAND: program {program:?} ({}) {why}", r.name));
+            }
+        }
     }
 }
 
@@ -582,7 +717,81 @@ mod tests {
         .unwrap();
         let got: Vec<_> = c.regions.iter().map(|r| (r.name, r.port)).collect();
         assert_eq!(got, [("us-west-1", 9011), ("eu-west-1", 9002)]);
-        assert_eq!(c.regions[0].argv, ["/bin/plugin", "--region=us-west-1", "--listen", ":9011"]);
+        // `{port}` is the port the child listens on: with the relay, its child port.
+        assert_eq!(c.regions[0].argv, ["/bin/plugin", "--region=us-west-1", "--listen", ":18012"]);
+        let c = parse(&[
+            ("SUPERVISOR_REGIONS", "us-west-1"),
+            ("SUPERVISOR_PORT_BASE", "9000"),
+            ("SUPERVISOR_RELAY_ADDR", "off"),
+        ])
+        .unwrap();
+        assert_eq!((c.regions[0].port, c.regions[0].child_port), (9011, 9011));
+    }
+
+    #[test]
+    fn relay_settings_and_child_ports() {
+        let c = parse(&[]).unwrap();
+        let relay = c.relay.as_ref().unwrap();
+        assert_eq!(relay.addr, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!((relay.hold, relay.max_connections), (Duration::from_secs(10), 1024));
+        assert_eq!((c.regions[11].port, c.regions[11].child_port), (8012, 18012));
+        assert_eq!(c.client_addr(&c.regions[0]), "127.0.0.1:8001".parse().unwrap());
+        let c = parse(&[("SUPERVISOR_RELAY_ADDR", "127.0.0.2"), ("SUPERVISOR_CHILD_PORT_BASE", "20000")])
+            .unwrap();
+        assert_eq!(c.client_addr(&c.regions[1]), "127.0.0.2:8002".parse().unwrap());
+        assert_eq!(c.regions[1].child_port, 20001);
+        let c = parse(&[("SUPERVISOR_RELAY_ADDR", "::")]).unwrap();
+        assert_eq!(c.client_addr(&c.regions[0]), "[::1]:8001".parse().unwrap());
+        assert!(parse(&[("SUPERVISOR_RELAY_ADDR", "off")]).unwrap().relay.is_none());
+    }
+
+    #[test]
+    fn bad_relay_values_are_named() {
+        let errors = parse(&[
+            ("SUPERVISOR_RELAY_ADDR", "localhost"),
+            ("SUPERVISOR_RELAY_HOLD", "0"),
+            ("SUPERVISOR_RELAY_MAX_CONNECTIONS", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].starts_with("SUPERVISOR_RELAY_ADDR: \"localhost\" is not an IP address"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("SUPERVISOR_RELAY_HOLD: \"0\" is not a duration above zero"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].starts_with("SUPERVISOR_RELAY_MAX_CONNECTIONS: \"0\" is not a whole number from 1"),
+            "{errors:?}"
+        );
+        let errors = parse(&[("SUPERVISOR_CHILD_PORT_BASE", "65530")]).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("SUPERVISOR_CHILD_PORT_BASE: 65530 gives ap-south-1 the port 65536")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn equal_ports_are_refused() {
+        // Child ports 8005.. collide with region ports 8005..8012.
+        let errors = parse(&[("SUPERVISOR_CHILD_PORT_BASE", "8005")]).unwrap_err();
+        assert!(
+            errors[0].contains(
+                "port 8005 is both the port of region ap-southeast-2 and the child port of region us-east-1"
+            ),
+            "{errors:?}"
+        );
+        let errors = parse(&[("SUPERVISOR_METRICS_ADDR", ":8003")]).unwrap_err();
+        assert!(errors[0].contains("port 8003 is both the metrics port"), "{errors:?}");
+        let errors =
+            parse(&[("SUPERVISOR_METRICS_ADDR", ":18002"), ("SUPERVISOR_REGIONS", "us-west-2")]).unwrap_err();
+        assert!(errors[0].contains("the child port of region us-west-2"), "{errors:?}");
+        // Without the relay the child ports are the region ports: no clash with themselves.
+        assert!(parse(&[("SUPERVISOR_RELAY_ADDR", "off"), ("SUPERVISOR_CHILD_PORT_BASE", "8005")]).is_ok());
     }
 
     #[test]
@@ -686,7 +895,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&c.plan_json()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!([{"region": "eu-west-1", "port": 8003,
+            serde_json::json!([{"region": "eu-west-1", "port": 8003, "child_port": 18003,
                 "command": ["/usr/local/bin/finfocus-plugin-aws-public-eu-west-1"]}])
         );
     }

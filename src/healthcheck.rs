@@ -5,6 +5,7 @@
 //! understands exit codes 0 and 1 only, so those are the only two it returns after parsing.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -43,14 +44,24 @@ fn probe_all(config: &Config) -> Vec<Result<(), String>> {
         let handles: Vec<_> = config
             .regions
             .iter()
-            .map(|plan| s.spawn(move || check(plan.port, &config.health_path, timeout)))
+            .map(|plan| {
+                s.spawn(move || {
+                    check(config.client_addr(plan), &config.health_path, timeout).map_err(|why| match &config.relay {
+                        // The relay holds a connection to a region that is not ready: say so.
+                        Some(_) if why == "timed out" => {
+                            format!("no answer within {timeout:?} (the relay holds connections while a region is not ready)")
+                        }
+                        _ => why,
+                    })
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe thread failed".into()))).collect()
     })
 }
 
-fn check(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
-    let response = probe::get(port, path, timeout, 64 * 1024)?;
+fn check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    let response = probe::get_at(addr, path, timeout, 64 * 1024)?;
     if (200..300).contains(&response.status) {
         Ok(())
     } else {

@@ -22,12 +22,16 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// `GET path` on `port` of 127.0.0.1, all of it within `timeout`.
 pub fn get(port: u16, path: &str, timeout: Duration, max_body: usize) -> Result<Response, String> {
+    get_at(SocketAddr::from(([127, 0, 0, 1], port)), path, timeout, max_body)
+}
+
+/// `get` at any address (the `healthcheck` subcommand goes through the relay's address).
+pub fn get_at(addr: SocketAddr, path: &str, timeout: Duration, max_body: usize) -> Result<Response, String> {
     let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| describe(&e))?;
     let _ = stream.set_nodelay(true);
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: region-supervisor\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: region-supervisor\r\n\
          Accept: text/plain;version=0.0.4;q=0.9,*/*;q=0.1\r\nConnection: close\r\n\r\n"
     );
     stream.set_write_timeout(Some(left(deadline)?)).map_err(|e| describe(&e))?;

@@ -514,6 +514,12 @@ pub fn set_nodelay(fd: &impl AsRawFd) {
     let _ = set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &(1 as libc::c_int));
 }
 
+/// Sets the listen queue of a bound, listening socket (std uses 128); best effort.
+pub fn set_backlog(listener: &impl AsRawFd, backlog: i32) {
+    // SAFETY: listen on a socket that already listens only updates its queue length.
+    unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+}
+
 /// The soft limit on open descriptors.
 pub fn nofile_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -73,6 +73,17 @@ fn build_image() {
     ]);
 }
 
+/// `GET /healthz` on 127.0.0.2:`port`, where only the relay listens; the whole answer.
+fn relayed_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.2", port)) else { return "refused".into() };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
 fn health_status(name: &str) -> String {
     ok(&["inspect", "--format", "{{.State.Health.Status}}", name]).trim().to_string()
 }
@@ -88,10 +99,12 @@ fn wait(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// Starts the image with this test's ports and a fast health check.
-fn run_container(name: &str, ports: &Ports, extra: &[&str]) -> Container {
+/// Starts the image with this test's ports and a fast health check. The relay listens on
+/// 127.0.0.2, where nothing else does: what answers there came through it.
+fn run_container(name: &str, ports: &Ports, children: &Ports, extra: &[&str]) -> Container {
     let _ = d(&["rm", "-f", name]);
     let base = format!("SUPERVISOR_PORT_BASE={}", ports.base);
+    let child_base = format!("SUPERVISOR_CHILD_PORT_BASE={}", children.base);
     let metrics = format!("SUPERVISOR_METRICS_ADDR=127.0.0.1:{}", ports.metrics());
     let mut args = vec![
         "run",
@@ -102,6 +115,10 @@ fn run_container(name: &str, ports: &Ports, extra: &[&str]) -> Container {
         "host",
         "-e",
         &base,
+        "-e",
+        &child_base,
+        "-e",
+        "SUPERVISOR_RELAY_ADDR=127.0.0.2",
         "-e",
         &metrics,
         "--health-interval",
@@ -153,14 +170,21 @@ fn the_image_runs_twelve_regions_under_docker() {
     );
 
     let ports = Ports::new();
+    let children = Ports::new();
     let name = format!("rs-e2e-{}", std::process::id());
-    let c = run_container(&name, &ports, &[]);
+    let c = run_container(&name, &ports, &children, &[]);
     wait("Docker's health status healthy", Duration::from_secs(90), || health_status(&c.0) == "healthy");
 
     let logs = ok(&["logs", &c.0]);
     for (i, region) in REGIONS.iter().enumerate() {
-        let line = format!("[{region}] PORT={}", ports.base + i as u16);
+        let line = format!("[{region}] PORT={}", children.base + i as u16);
         assert!(logs.contains(&line), "{line} not in docker logs");
+        let answer = relayed_get(ports.base + i as u16);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{region} through the relay: {answer:?}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.2", children.base + i as u16)).is_err(),
+            "{region}'s plugin listens on 127.0.0.1 only"
+        );
     }
     assert_eq!(ok(&["exec", &c.0, "id", "-u"]).trim(), "65532");
 
@@ -176,8 +200,13 @@ fn the_image_runs_twelve_regions_under_docker() {
         })
     });
 
+    // Idle relayed connections do not hold up the stop.
+    let idle: Vec<_> = (0..500)
+        .map(|i| std::net::TcpStream::connect(("127.0.0.2", ports.base + (i % 12) as u16)).unwrap())
+        .collect();
     let t = Instant::now();
     ok(&["stop", "--time", "10", &c.0]);
+    drop(idle);
     let took = t.elapsed();
     assert!(took < Duration::from_secs(5), "docker stop took {took:?}");
     assert_eq!(ok(&["inspect", "--format", "{{.State.ExitCode}}", &c.0]).trim(), "0");
@@ -186,7 +215,7 @@ fn the_image_runs_twelve_regions_under_docker() {
     drop(c);
 
     // A read-only root filesystem is enough.
-    let ro = run_container(&format!("{name}-ro"), &ports, &["--read-only"]);
+    let ro = run_container(&format!("{name}-ro"), &ports, &children, &["--read-only"]);
     wait("healthy on a read-only root", Duration::from_secs(90), || health_status(&ro.0) == "healthy");
     ok(&["stop", "--time", "10", &ro.0]);
     assert_eq!(ok(&["inspect", "--format", "{{.State.ExitCode}}", &ro.0]).trim(), "0");

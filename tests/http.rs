@@ -189,19 +189,19 @@ fn healthcheck_subcommand_reports_every_region() {
     sup.wait_for("two regions ready", LIMIT, |s| {
         s.events().iter().filter(|e| e["message"] == "ready").count() == 2
     });
-    let regions = [("SUPERVISOR_REGIONS", "us-east-1,eu-west-1,sa-east-1")];
+    let regions = [("SUPERVISOR_REGIONS", "us-east-1,eu-west-1,sa-east-1"), ("HEALTH_CHECK_TIMEOUT", "1s")];
     let (code, out) = healthcheck(&sup.ports, &regions);
     assert_eq!(code, Some(1), "{out}");
     let base = sup.ports.base;
     assert_eq!(
         out,
         format!(
-            "✓ us-east-1 ({base}) healthy\n✗ eu-west-1 ({}) unhealthy: /healthz answered HTTP 503\n✓ sa-east-1 ({}) healthy\n1 of 3 regions unhealthy\n",
+            "✓ us-east-1 ({base}) healthy\n✗ eu-west-1 ({}) unhealthy: no answer within 1s (the relay holds connections while a region is not ready)\n✓ sa-east-1 ({}) healthy\n1 of 3 regions unhealthy\n",
             base + 2,
             base + 8
         )
     );
-    let (code, quiet) = healthcheck(&sup.ports, &[regions[0], ("QUIET_HEALTHCHECK", "1")]);
+    let (code, quiet) = healthcheck(&sup.ports, &[regions[0], regions[1], ("QUIET_HEALTHCHECK", "1")]);
     assert_eq!(code, Some(1));
     assert_eq!(quiet.lines().count(), 2, "{quiet}");
     let (code, ok) = healthcheck(&sup.ports, &[("SUPERVISOR_REGIONS", "us-east-1,sa-east-1")]);

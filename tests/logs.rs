@@ -108,7 +108,7 @@ fn json_format_wraps_plain_lines() {
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["region"], "sa-east-1");
     assert_eq!(v["level"], "info");
-    assert_eq!(v["message"], format!("PORT={}", sup.ports.base + 8));
+    assert_eq!(v["message"], format!("PORT={}", sup.ports.child_base() + 8));
     assert!(line.starts_with("{\"region\":\"sa-east-1\",\"time\":\""), "{line}");
     // Every line of the run is JSON now.
     for l in sup.lines() {

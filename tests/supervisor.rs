@@ -17,7 +17,7 @@ const EXIT: Duration = Duration::from_secs(15);
 fn all_twelve_regions_become_ready_and_sigterm_stops_them() {
     let mut sup = Sup::start(&[]);
     sup.wait_ready(READY);
-    let base = sup.ports.base;
+    let base = sup.ports.child_base();
     let lines = sup.lines();
     for (i, region) in REGIONS.iter().enumerate() {
         let port_line = format!("[{region}] PORT={}", base + i as u16);
@@ -275,7 +275,7 @@ fn children_get_their_environment_and_no_stray_descriptors() {
     let (_, pid) = sup.child_pids()[0].clone();
     let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let env: Vec<String> = env.split(|&b| b == 0).map(|e| String::from_utf8_lossy(e).into_owned()).collect();
-    let port = (sup.ports.base + 8).to_string();
+    let port = (sup.ports.child_base() + 8).to_string();
     for want in [
         format!("FINFOCUS_PLUGIN_PORT={port}"),
         format!("PORT={port}"),
@@ -412,12 +412,34 @@ fn a_taken_region_port_or_metrics_address_is_refused() {
     let ports = Ports::new();
     let taken = std::net::TcpListener::bind(("127.0.0.1", ports.base + 2)).unwrap();
     let metrics = std::net::TcpListener::bind(("127.0.0.1", ports.metrics())).unwrap();
+    let child = std::net::TcpListener::bind(("127.0.0.1", ports.child_base() + 5)).unwrap();
     let (code, stdout, stderr) = run_once(&ports, &[], &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains(&format!("port {} of region eu-west-1 is not free on 127.0.0.1", ports.base + 2)),
+        stderr.contains(&format!(
+            "SUPERVISOR_RELAY_ADDR: cannot listen on 0.0.0.0:{} for region eu-west-1",
+            ports.base + 2
+        )),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(&format!(
+            "SUPERVISOR_CHILD_PORT_BASE: port {} of region ap-northeast-1 is not free on 127.0.0.1",
+            ports.child_base() + 5
+        )),
+        "{stderr}"
+    );
+    // Without the relay the child itself listens on the region port.
+    let (code, _, stderr) = run_once(&ports, &[("SUPERVISOR_RELAY_ADDR", "off")], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "SUPERVISOR_PORT_BASE: port {} of region eu-west-1 is not free on 127.0.0.1",
+            ports.base + 2
+        )),
+        "{stderr}"
+    );
+    drop(child);
     assert!(
         stderr.contains(&format!("SUPERVISOR_METRICS_ADDR: cannot listen on 127.0.0.1:{}", ports.metrics())),
         "{stderr}"
@@ -436,8 +458,8 @@ fn regions_prints_the_plan() {
     assert_eq!(
         plan,
         serde_json::json!([
-            {"region": "eu-west-1", "port": ports.base + 2, "command": [STANDIN]},
-            {"region": "us-east-1", "port": ports.base, "command": [STANDIN]},
+            {"region": "eu-west-1", "port": ports.base + 2, "child_port": ports.child_base() + 2, "command": [STANDIN]},
+            {"region": "us-east-1", "port": ports.base, "child_port": ports.child_base(), "command": [STANDIN]},
         ])
     );
     let (code, stdout, _) = run_once(&ports, &[], &["regions"]);

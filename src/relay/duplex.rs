@@ -281,10 +281,10 @@ mod tests {
         (unsafe { OwnedFd::from_raw_fd(ours.into_raw_fd()) }, theirs)
     }
 
-    /// Drives the duplex until `until` holds or 2 s pass, as the relay's loop would.
+    /// Drives the duplex until `until` holds or 10 s pass, as the relay's loop would.
     fn drive(d: &mut Duplex, w: &mut Count, until: impl Fn(&Duplex, &Step) -> bool) -> Step {
         let mut buf = vec![0u8; 4096];
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut step = Step::Go;
             for side in [Side::Client, Side::Child] {

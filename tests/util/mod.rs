@@ -37,11 +37,12 @@ pub const REGIONS: [&str; 12] = [
 pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_region-supervisor");
 pub const STANDIN: &str = env!("CARGO_BIN_EXE_finfocus-standin");
 
-/// Ports per test: 12 regions, the metrics port, and spares.
-const BLOCK: u16 = 16;
+/// Ports per test: 12 regions, the metrics port and spares, then 12 child ports and spares.
+const BLOCK: u16 = 32;
 static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
-/// A block of free ports: `base..base+12` for regions, `base+13` for metrics.
+/// A block of free ports: `base..base+12` for regions, `base+13` for metrics, `base+16..`
+/// for the children behind the relay.
 pub struct Ports {
     pub base: u16,
 }
@@ -52,7 +53,7 @@ impl Ports {
         let seed = (std::process::id() % 400) as u16;
         for _ in 0..200 {
             let n = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
-            let base = 10_000 + ((seed * 7 + n) % 1_300) * BLOCK;
+            let base = 10_000 + ((seed * 7 + n) % 650) * BLOCK;
             let free = (base..base + BLOCK).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
             if free {
                 return Ports { base };
@@ -63,6 +64,11 @@ impl Ports {
 
     pub fn metrics(&self) -> u16 {
         self.base + 13
+    }
+
+    /// `SUPERVISOR_CHILD_PORT_BASE` of the test: where the children listen behind the relay.
+    pub fn child_base(&self) -> u16 {
+        self.base + 16
     }
 }
 
@@ -82,6 +88,7 @@ pub fn command(ports: &Ports, env: &[(&str, &str)]) -> Command {
     cmd.env("SUPERVISOR_COMMAND", STANDIN)
         .env("SUPERVISOR_PORT_BASE", ports.base.to_string())
         .env("SUPERVISOR_METRICS_ADDR", format!("127.0.0.1:{}", ports.metrics()))
+        .env("SUPERVISOR_CHILD_PORT_BASE", ports.child_base().to_string())
         .env("SUPERVISOR_RESTART_BACKOFF", "100ms")
         .env("SUPERVISOR_SHUTDOWN_GRACE", "2s")
         .env_remove("TERMINATION_GRACE_SECONDS");
