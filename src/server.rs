@@ -4,13 +4,15 @@
 //! Clients never reach tiny_http directly: the front owns the public socket, bounds every
 //! request (connections, head size, time) and forwards each complete head over a connection of
 //! its own to tiny_http, which listens on a Unix socket in the abstract namespace under a random
-//! name (nothing is written to the filesystem). So tiny_http only ever sees one well-formed
-//! request per connection, from at most `front::FORWARDERS` connections at once, and `WORKERS`
-//! threads (one per forwarder, so a forwarded request never waits for a worker) answer them from
-//! the `View` the supervisor thread publishes. They never talk to the supervisor thread and
-//! never block it. `/metrics` scrapes every running child in parallel at request time (each
-//! bounded by `SUPERVISOR_SCRAPE_TIMEOUT` and `SCRAPE_BODY_LIMIT`). `stop` ends the front, then
-//! tiny_http's accept loop, then the workers.
+//! name (nothing is written to the filesystem; tiny_http reports no remote address for such
+//! connections, and nothing here asks for one). So tiny_http sees one well-formed request per
+//! connection, from at most `front::FORWARDERS` connections at once (local processes that
+//! connect to its socket themselves aside, see `front/`), and `WORKERS` threads (one per
+//! forwarder, so a forwarded request never waits for a worker) answer them from the `View` the
+//! supervisor thread publishes. They never talk to the supervisor thread and never block it.
+//! `/metrics` scrapes every running child in parallel at request time (each bounded by
+//! `SUPERVISOR_SCRAPE_TIMEOUT` and `SCRAPE_BODY_LIMIT`). `stop` ends the front, then tiny_http's
+//! accept loop, then the workers.
 
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, RandomState};

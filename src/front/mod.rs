@@ -41,12 +41,14 @@
 //! `LINGER` (2 s) in which what it still sends is read and dropped, so the answer is not lost to
 //! a reset; then the socket is closed.
 //!
-//! Any process in the supervisor's network namespace could connect to tiny_http's abstract
-//! socket directly and bypass these limits (abstract sockets have no permissions, and
-//! `/proc/net/unix` lists their names). That is accepted: such a process runs inside the
-//! container (or pod) next to the supervisor, could reach the TCP port as before, and can
-//! already disturb the supervisor in other ways (binding a child's port during a restart, using
-//! up the container's memory); no client from outside the namespace can reach it.
+//! Any process in the supervisor's network namespace can connect to tiny_http's abstract
+//! socket directly (abstract sockets have no permissions, and `/proc/net/unix` lists their
+//! names) and so meet tiny_http's own weaknesses again, abort on descriptor exhaustion
+//! included. That is accepted, as no way exists to restrict who connects to a socket tiny_http
+//! accepts on: such a process runs inside the container (or a sidecar of its pod), it could
+//! do the same to the TCP port before, and it can already disturb the supervisor in other ways
+//! (binding a child's port during a restart, using up the container's memory or pids). No
+//! client outside the network namespace can reach the socket.
 
 mod forward;
 pub mod head;
