@@ -10,6 +10,7 @@ mod bytes;
 mod cli;
 mod config;
 mod exposition;
+mod front;
 mod healthcheck;
 mod logtag;
 mod output;

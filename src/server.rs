@@ -1,14 +1,25 @@
-//! The supervisor's HTTP endpoint on `SUPERVISOR_METRICS_ADDR` (tiny_http).
+//! The supervisor's HTTP answers on `SUPERVISOR_METRICS_ADDR`, given by tiny_http behind the
+//! front (`front/`).
 //!
-//! tiny_http reads each connection on a thread of its own pool, so a slow or idle client holds
-//! only that thread; `WORKERS` threads take complete requests and answer them from the `View`
-//! the supervisor thread publishes. They never talk to the supervisor thread and never block
-//! it. `/metrics` scrapes every running child in parallel at request time (each bounded by
-//! `SUPERVISOR_SCRAPE_TIMEOUT` and `SCRAPE_BODY_LIMIT`), so a slow scrape occupies one worker
-//! while the others keep answering health checks. `stop` unblocks every `recv`.
+//! Clients never reach tiny_http directly: the front owns the public socket, bounds every
+//! request (connections, head size, time) and forwards each complete head over a connection of
+//! its own to tiny_http, which listens on a Unix socket in the abstract namespace under a random
+//! name (nothing is written to the filesystem; tiny_http reports no remote address for such
+//! connections, and nothing here asks for one). So tiny_http sees one well-formed request per
+//! connection, from at most `front::FORWARDERS` connections at once (local processes that
+//! connect to its socket themselves aside, see `front/`), and `WORKERS` threads (one per
+//! forwarder, so a forwarded request never waits for a worker) answer them from the `View` the
+//! supervisor thread publishes. They never talk to the supervisor thread and never block it.
+//! `/metrics` scrapes every running child in parallel at request time (each bounded by
+//! `SUPERVISOR_SCRAPE_TIMEOUT` and `SCRAPE_BODY_LIMIT`). `stop` ends the front, then tiny_http's
+//! accept loop, then the workers.
 
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, RandomState};
+use std::mem::ManuallyDrop;
 use std::net::TcpListener;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -19,27 +30,30 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::config::Config;
 use crate::exposition::{self, Family};
+use crate::front;
 use crate::output;
 use crate::probe;
 use crate::relay::{self, Reject};
 use crate::sys;
 use crate::view::{RegionState, RegionView, SharedView};
 
-/// Threads answering requests; one long `/metrics` scrape never holds up `/healthz`.
-const WORKERS: usize = 4;
-/// Longest wait for one write to a client connection.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Threads answering requests: as many as requests can be forwarded at once.
+const WORKERS: usize = front::FORWARDERS;
 /// A child's metrics page is read up to this size; a larger one counts as a failed scrape.
 const SCRAPE_BODY_LIMIT: usize = 16 << 20;
 
 pub struct Handle {
+    front: front::Handle,
     endpoint: Arc<Endpoint>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Handle {
     pub fn stop(self) {
+        self.front.stop();
         self.endpoint.stopping.store(true, Ordering::SeqCst);
+        // tiny_http's accept loop wakes with an error and ends.
+        sys::shutdown_listener(&self.endpoint.listener);
         let server = self.endpoint.server();
         for _ in &self.threads {
             server.unblock();
@@ -58,28 +72,32 @@ struct Scrape {
     ports: Vec<u16>,
 }
 
+/// A tiny_http server that is never dropped: its `Drop` connects to its own address to wake
+/// its accept loop and unwraps that address as a path, which an abstract socket has not (it
+/// would panic, and a panic aborts PID 1). `stop` ends the accept loop instead.
+type Tiny = Arc<ManuallyDrop<Server>>;
+
 /// The tiny_http server in use, and what it takes to replace it.
 ///
-/// tiny_http's accept loop ends for good on the first accept error (EMFILE when descriptors
-/// run out, for one), after which its listening socket is closed and every client is refused.
-/// So we keep our own handle on the socket (it stays bound; clients wait in the backlog) and
-/// start a new server on it when that happens.
+/// tiny_http's accept loop ends for good on the first accept error (EMFILE, should the
+/// supervisor's own reserve of descriptors ever run out), and closes its copy of the socket.
+/// So we keep our own copy (the socket stays bound; the forwarders' connections wait in its
+/// backlog) and start a new server on it when that happens.
 struct Endpoint {
-    listener: TcpListener,
-    current: RwLock<Arc<Server>>,
+    listener: UnixListener,
+    current: RwLock<Tiny>,
     stopping: AtomicBool,
 }
 
 impl Endpoint {
-    fn server(&self) -> Arc<Server> {
+    fn server(&self) -> Tiny {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// `old` reported `why` from `recv`: unless it was already replaced (or we were woken on
     /// purpose), start a new server on the same socket, retrying while that fails (it needs a
-    /// free descriptor), and wake the workers still waiting on `old`. Connections `old` had
-    /// accepted are not answered any more; their clients retry on a new connection.
-    fn replace(&self, old: &Arc<Server>, why: std::io::Error) {
+    /// free descriptor), and wake the workers still waiting on `old`.
+    fn replace(&self, old: &Tiny, why: std::io::Error) {
         let mut pause = Duration::from_millis(100);
         let mut reported = false;
         while !self.stopping.load(Ordering::SeqCst) && Arc::ptr_eq(&self.server(), old) {
@@ -95,11 +113,11 @@ impl Endpoint {
                 Ok(server) => {
                     let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
                     if Arc::ptr_eq(&current, old) {
-                        *current = Arc::new(server);
+                        *current = Arc::new(ManuallyDrop::new(server));
                         drop(current);
                         output::warn(
                             None,
-                            &format!("http: accepting connections failed ({why}); listening again"),
+                            &format!("http: tiny_http stopped accepting ({why}); listening again"),
                             &[],
                         );
                         for _ in 0..WORKERS {
@@ -112,7 +130,7 @@ impl Endpoint {
                     reported = true;
                     output::error(
                         None,
-                        &format!("http: accepting connections failed ({why}); cannot listen again yet: {e}"),
+                        &format!("http: tiny_http stopped accepting ({why}); cannot listen again yet: {e}"),
                         &[],
                     );
                 }
@@ -122,21 +140,31 @@ impl Endpoint {
     }
 }
 
+/// tiny_http's private socket: abstract (the root filesystem may be read-only, and nothing is
+/// left behind), named with the pid and a random part so two supervisors in one network
+/// namespace never meet.
+fn backend_listener() -> std::io::Result<(UnixListener, UnixAddr)> {
+    let mut last = None;
+    for attempt in 0u32..8 {
+        let tag = RandomState::new().hash_one((sys::getpid(), attempt));
+        let name = format!("region-supervisor-http-{}-{tag:016x}", sys::getpid());
+        let addr = UnixAddr::from_abstract_name(name.as_bytes())?;
+        match UnixListener::bind_addr(&addr) {
+            Ok(l) => return Ok((l, addr)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free abstract socket name")))
+}
+
 pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle {
-    if let Err(e) = sys::nodelay_for_accepted(&listener) {
-        output::warn(None, &format!("cannot set TCP_NODELAY on the metrics listener: {e}"), &[]);
-    }
-    // A client that does not read its response releases the worker after IO_TIMEOUT. (Only the
-    // send timeout: a receive timeout on the listener would also time out accept(), and
-    // tiny_http stops listening on any accept error.)
-    if let Err(e) = sys::send_timeout_for_accepted(&listener, IO_TIMEOUT) {
-        output::warn(None, &format!("cannot set a send timeout on the metrics listener: {e}"), &[]);
-    }
-    let own = listener.try_clone().expect("a listening socket can be duplicated");
-    let server = Server::from_listener(listener, None).expect("a bound listener is always accepted");
+    let (backend, address) = backend_listener().expect("cannot listen on tiny_http's internal socket");
+    let own = backend.try_clone().expect("a listening socket can be duplicated");
+    let server = Server::from_listener(backend, None).expect("a bound listener is always accepted");
     let endpoint = Arc::new(Endpoint {
         listener: own,
-        current: RwLock::new(Arc::new(server)),
+        current: RwLock::new(Arc::new(ManuallyDrop::new(server))),
         stopping: AtomicBool::new(false),
     });
     let scrape = Arc::new(Scrape {
@@ -153,7 +181,13 @@ pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle
                 .expect("cannot start an http thread")
         })
         .collect();
-    Handle { endpoint, threads }
+    let setup = front::Setup {
+        listener,
+        backend: address,
+        answer_timeout: config.scrape_timeout + front::ANSWER_TIME,
+    };
+    let front = front::start(setup).expect("cannot start the http front");
+    Handle { front, endpoint, threads }
 }
 
 fn worker(endpoint: &Endpoint, view: &SharedView, scrape: &Scrape) {

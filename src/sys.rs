@@ -169,13 +169,6 @@ pub fn nodelay_for_accepted(listener: &impl AsRawFd) -> io::Result<()> {
     set_socket_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &(1 as libc::c_int))
 }
 
-/// Sets a send timeout on a listening socket; Linux copies it to every accepted connection, so
-/// each write on one waits at most `timeout`. (accept() itself obeys only the receive timeout.)
-pub fn send_timeout_for_accepted(listener: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
-    set_socket_option(listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)
-}
-
 /// setsockopt with a plain-data value (`c_int`, `timeval`).
 fn set_socket_option<T: Copy>(socket: &impl AsRawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // SAFETY: setsockopt reads `size_of::<T>()` bytes from a live `T`, a plain C struct or int.
@@ -481,7 +474,6 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// recv(2) with MSG_PEEK: looks at what has arrived without taking it from the socket.
-#[allow(dead_code)] // used by the HTTP front
 pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
@@ -533,6 +525,27 @@ pub fn nofile_limit() -> u64 {
 /// How many descriptors this process has open now.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)).unwrap_or(0)
+}
+
+// ---- For the HTTP front (`front/`): edge-triggered waits, socket buffers, tiny_http's socket ----
+
+/// Edge-triggered registration (with `Epoll::add`): a report when something new arrives, not
+/// while data stays unread. The front peeks at request heads without taking them, so
+/// level-triggered readiness would never clear.
+pub const EDGE: u32 = libc::EPOLLET as u32;
+
+/// Asks for a receive buffer of `bytes` on a listening socket; Linux copies it to every
+/// accepted connection (and doubles it for its own bookkeeping).
+pub fn receive_buffer(listener: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_socket_option(listener, libc::SOL_SOCKET, libc::SO_RCVBUF, &value)
+}
+
+/// Shuts a listening socket down: a thread blocked in accept(2) on it (tiny_http's) wakes
+/// with an error, and new connects are refused. The descriptor itself stays open.
+pub fn shutdown_listener(listener: &impl AsRawFd) {
+    // SAFETY: shutdown takes integers; on a socket already shut down it fails harmlessly.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
 #[cfg(test)]
