@@ -2,8 +2,9 @@
 //! region. `main` only dispatches; each step lives in the module named for it.
 //!
 //! Threads of a running supervisor: main (becomes the supervisor event loop, `supervisor.rs`),
-//! signals (`signals.rs`, also reaps), stdout (`output.rs`), one per region (`region.rs`),
-//! http (`server.rs`), and short-lived probe threads.
+//! signals (`signals.rs`, also reaps), stdout (`output.rs`), one per region (`region.rs`), one
+//! relay thread per region (`relay/`), the HTTP front and its forwarders (`front/`), tiny_http's
+//! workers (`server.rs`), and short-lived probe threads.
 
 mod accept;
 mod bytes;
@@ -56,30 +57,36 @@ fn run(args: &[String]) -> u8 {
         }
         _ => {}
     }
+    // `run`: handlers first, before the configuration is even read, while this is the only
+    // thread. As PID 1 a signal without a handler is dropped, and signal-hook must register
+    // before other threads exist; a stop that comes during the checks is then seen, and
+    // nothing is started. The other subcommands keep the default signal actions.
+    let signals = match invocation.command {
+        Command::Run => match signals::install() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("region-supervisor: cannot install signal handlers: {e}");
+                return 1;
+            }
+        },
+        _ => None,
+    };
     let lookup = |name: &str| std::env::var_os(name).map(|v| v.into_string().map_err(|_| name.to_string()));
     let config = match Config::parse(&lookup, &invocation.flags) {
         Ok(c) => c,
         Err(errors) => return fail(&errors),
     };
-    match invocation.command {
-        Command::Regions { json: true } => println!("{}", config.plan_json()),
-        Command::Regions { json: false } => print!("{}", config.plan_text()),
-        Command::Healthcheck => return healthcheck::run(&config) as u8,
-        _ => return supervise(config),
+    match (invocation.command, signals) {
+        (Command::Regions { json: true }, _) => println!("{}", config.plan_json()),
+        (Command::Regions { json: false }, _) => print!("{}", config.plan_text()),
+        (Command::Healthcheck, _) => return healthcheck::run(&config) as u8,
+        (_, Some(signals)) => return supervise(config, signals),
+        (_, None) => unreachable!("run installs its handlers above"),
     }
     0
 }
 
-fn supervise(config: Config) -> u8 {
-    // Handlers first, while this is the only thread: as PID 1 a signal without a handler is
-    // dropped, and signal-hook must register before other threads exist.
-    let signals = match signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("region-supervisor: cannot install signal handlers: {e}");
-            return 1;
-        }
-    };
+fn supervise(config: Config, signals: signal_hook::iterator::Signals) -> u8 {
     sys::cloexec_inherited_fds();
     sys::raise_nofile_limit();
     let path = std::env::var("PATH").ok();

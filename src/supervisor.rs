@@ -62,9 +62,10 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> i32 {
             return 1;
         }
     };
-    accept::init(RESERVED_FDS + RESERVED_FDS_PER_REGION * config.regions.len());
     let view = initial_view(&config, &stats, &relay_stats);
     let server = preflight.metrics_listener.map(|l| server::start(l, view.clone(), &config));
+    // Once every listener and thread exists, so the budget counts what they hold.
+    accept::init(RESERVED_FDS + RESERVED_FDS_PER_REGION * config.regions.len());
 
     let names = config.regions.iter().map(|r| r.name).collect();
     let mut sup = Supervisor {

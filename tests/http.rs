@@ -205,7 +205,7 @@ const HEAD_LIMIT: usize = 64 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the server may take beyond a stated bound on a busy two-core machine.
-const SLACK: Duration = Duration::from_secs(3);
+const SLACK: Duration = Duration::from_secs(8);
 
 /// A `kB` field of /proc/<pid>/status (VmRSS, VmHWM).
 fn status_kib(pid: i32, field: &str) -> u64 {
