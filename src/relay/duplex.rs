@@ -77,8 +77,8 @@ pub struct Duplex {
 }
 
 impl Duplex {
+    /// `client` has TCP_NODELAY already (accepted sockets inherit it from the listener).
     pub fn new(client: OwnedFd, child: OwnedFd, now: Instant) -> Duplex {
-        sys::set_nodelay(&client);
         sys::set_nodelay(&child);
         Duplex { client, child, up: Flow::default(), down: Flow::default(), last_moved: now }
     }

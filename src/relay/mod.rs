@@ -112,6 +112,8 @@ pub fn start(setup: Setup) -> std::io::Result<Handle> {
     let wake = Arc::new(EventFd::new()?);
     let epoll = Epoll::new()?;
     setup.listener.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: one call fewer per connection.
+    sys::nodelay_for_accepted(&setup.listener)?;
     epoll.add(wake.raw(), WANT_READ, WAKE)?;
     let name = format!("relay {}", setup.region);
     let relay = Relay {
@@ -134,6 +136,7 @@ pub fn start(setup: Setup) -> std::io::Result<Handle> {
         region: setup.region,
         last_sweep: Instant::now(),
         deadlines: false,
+        buf: vec![0u8; READ_SIZE],
     };
     let thread = std::thread::Builder::new().name(name).spawn(move || relay.run())?;
     Ok(Handle { tx, wake, thread: Some(thread) })
@@ -190,6 +193,8 @@ struct Relay {
     stats: Arc<Stats>,
     region: &'static str,
     last_sweep: Instant,
+    /// The thread's one read buffer, shared by all its connections.
+    buf: Vec<u8>,
     /// Some connection may have a deadline (held, connecting, lingering, half-closed): sweep.
     deadlines: bool,
 }
@@ -214,7 +219,6 @@ impl Relay {
     fn run(mut self) {
         let mut raw = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut ready = Vec::new();
-        let mut buf = vec![0u8; READ_SIZE];
         loop {
             self.sync_listener();
             let timeout = self.timeout();
@@ -230,7 +234,7 @@ impl Relay {
                         self.wake.clear();
                     }
                     LISTENER => self.accept(now),
-                    t => self.on_ready(r, t, &mut buf, now),
+                    t => self.on_ready(r, t, now),
                 }
             }
             if !self.control(now) {
@@ -425,7 +429,18 @@ impl Relay {
         let client = conn.client.take().expect("a connecting connection has its client");
         conn.state = State::Open(Duplex::new(client, child, now));
         self.stats.active.fetch_add(1, Relaxed);
-        self.sync(slot);
+        // The client has most likely sent its first bytes already: pass them on now rather
+        // than after another turn of epoll. (Not while a readiness report holds the buffer:
+        // then epoll reports the client's bytes on the next turn.)
+        let mut buf = std::mem::take(&mut self.buf);
+        let step = match self.conns[slot].as_mut().map(|c| &mut c.state) {
+            Some(State::Open(d)) if !buf.is_empty() => {
+                d.on_ready(Side::Client, true, false, &mut buf, &mut Counter(&self.stats), now)
+            }
+            _ => Step::Go,
+        };
+        self.buf = buf;
+        self.after(slot, step, now);
     }
 
     /// Closes a connection that reached no child: FIN first, then a short linger.
@@ -440,7 +455,13 @@ impl Relay {
         self.sync(slot);
     }
 
-    fn on_ready(&mut self, r: &Ready, token: u64, buf: &mut [u8], now: Instant) {
+    fn on_ready(&mut self, r: &Ready, token: u64, now: Instant) {
+        let mut buf = std::mem::take(&mut self.buf);
+        self.on_ready_with(r, token, &mut buf, now);
+        self.buf = buf;
+    }
+
+    fn on_ready_with(&mut self, r: &Ready, token: u64, buf: &mut [u8], now: Instant) {
         let slot = (token >> 1) as usize;
         let side = if token & 1 == 1 { Side::Child } else { Side::Client };
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
@@ -460,8 +481,7 @@ impl Relay {
                         else {
                             unreachable!("matched above")
                         };
-                        conn.registered[1] = 0;
-                        let _ = self.epoll.delete(child.as_raw_fd());
+                        // Still registered (for writing): `sync` turns that into reading.
                         self.opened(slot, child, now);
                     }
                     Some(e) => {
