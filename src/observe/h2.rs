@@ -22,7 +22,7 @@ use std::time::Instant;
 use loona_hpack::Decoder;
 
 use super::grpc::GrpcCode;
-use super::stats::{Method, Outcome, Protocol, RequestStats};
+use super::stats::{Method, MethodCache, Outcome, Protocol, RequestStats};
 
 /// The client connection preface of HTTP/2 with prior knowledge.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -353,6 +353,7 @@ struct Conn {
     client_hpack: Decoder<'static>,
     child_hpack: Decoder<'static>,
     streams: HashMap<u32, Stream>,
+    methods: MethodCache,
     last_client_stream: u32,
     huffman_tokens: u64,
     huffman_at: Instant,
@@ -383,6 +384,7 @@ impl H2 {
                 client_hpack: decoder(),
                 child_hpack: decoder(),
                 streams: HashMap::new(),
+                methods: MethodCache::default(),
                 last_client_stream: 0,
                 huffman_tokens: HUFFMAN_BURST,
                 huffman_at: now,
@@ -563,13 +565,14 @@ impl Conn {
 
     fn decode(&mut self, side: Side, block: &[u8], stats: &RequestStats) -> Result<Fields, Malformed> {
         let mut f = Fields::default();
+        let methods = &mut self.methods;
         let decoder = match side {
             Side::Client => &mut self.client_hpack,
             Side::Child => &mut self.child_hpack,
         };
         decoder
             .decode_with_cb(block, |name, value| match (side, &*name) {
-                (Side::Client, b":path") => f.method = Some(stats.method(&value)),
+                (Side::Client, b":path") => f.method = Some(methods.method(stats, &value)),
                 (Side::Child, b":status") => f.status = status(&value),
                 (Side::Child, b"grpc-status") => f.grpc = Some(GrpcCode::from_status(&value)),
                 _ => {}

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::grpc::{self, GrpcCode, WebBody};
-use super::stats::{Method, Outcome, Protocol, RequestStats};
+use super::stats::{Method, MethodCache, Outcome, Protocol, RequestStats};
 
 /// A request or response head larger than this stops the counting for the connection.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -31,6 +31,7 @@ pub struct Http1 {
     request: RequestSide,
     response: ResponseSide,
     pending: VecDeque<Pending>,
+    methods: MethodCache,
     /// Counting has stopped: after a parse failure, or a switch to another protocol.
     stopped: bool,
 }
@@ -80,6 +81,7 @@ impl Http1 {
                 tunnel: false,
             },
             pending: VecDeque::new(),
+            methods: MethodCache::default(),
             stopped: false,
         }
     }
@@ -149,7 +151,7 @@ impl Http1 {
             }
             let Some((head, used)) = self.request.head.feed(bytes)? else { break };
             let start = self.request.start.take().unwrap_or(now);
-            let req = parse_request(head, stats)?;
+            let req = parse_request(head, &mut self.methods, stats)?;
             self.request.head.clear();
             bytes = &bytes[used..];
             if self.pending.len() >= MAX_PENDING {
@@ -542,7 +544,11 @@ struct Fields<'a> {
     grpc_status: Option<&'a [u8]>,
 }
 
-fn parse_request(head: &[u8], stats: &RequestStats) -> Result<RequestHead, Malformed> {
+fn parse_request(
+    head: &[u8],
+    methods: &mut MethodCache,
+    stats: &RequestStats,
+) -> Result<RequestHead, Malformed> {
     let (line, rest) = split_line(head);
     let mut parts = line.split(|&c| c == b' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -569,7 +575,7 @@ fn parse_request(head: &[u8], stats: &RequestStats) -> Result<RequestHead, Malfo
         }
     };
     Ok(RequestHead {
-        method: stats.method(target),
+        method: methods.method(stats, target),
         head: method == b"HEAD",
         connect: method == b"CONNECT",
         body,
@@ -667,9 +673,20 @@ fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
     s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// A token character (RFC 9110 `tchar`).
+/// A token character (RFC 9110 `tchar`): looked up, as header names are checked byte by byte.
 fn tchar(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+    const TABLE: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric()
+                || matches!(b, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^'..=b'`' | b'|' | b'~');
+            c += 1;
+        }
+        t
+    };
+    TABLE[c as usize]
 }
 
 /// Whether `bytes` (a connection's first client bytes) can begin an HTTP/1 request line:
@@ -1031,6 +1048,14 @@ mod tests {
         let stats = play(&[c(&all[..all.len() - 18]), s(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")]);
         assert_eq!(stats.parse_failures(), 0);
         assert_eq!(stats.totals().0, MAX_PENDING as u64);
+    }
+
+    #[test]
+    fn token_characters() {
+        for c in 0..=255u8 {
+            let want = c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+            assert_eq!(tchar(c), want, "{c:#x}");
+        }
     }
 
     #[test]

@@ -105,6 +105,7 @@ impl Observer {
             return;
         }
         s.first_at.get_or_insert(now);
+        let before = s.have;
         let n = (s.first.len() - s.have).min(bytes.len());
         s.first[s.have..s.have + n].copy_from_slice(&bytes[..n]);
         s.have += n;
@@ -120,12 +121,13 @@ impl Observer {
         };
         let Some(state) = decided else { return };
         let State::Sniffing(s) = std::mem::replace(&mut self.state, state) else { return };
-        // Replayed in the order they passed: the child's early bytes came first.
+        // Replayed in the order and at the times they passed: the child's early bytes came
+        // first, then the client's earlier chunks, then this one.
         if let Some(at) = s.early_at {
             self.child(&s.early, at);
         }
-        self.client(&s.first[..s.have], s.first_at.unwrap_or(now));
-        self.client(&bytes[n..], now);
+        self.client(&s.first[..before], s.first_at.unwrap_or(now));
+        self.client(bytes, now);
     }
 }
 
@@ -249,6 +251,20 @@ pub(crate) mod tests {
         let stats =
             play(&[s(&[b'x'; MAX_EARLY + 1]), c(b"GET / HTTP/1.1\r\n\r\n"), s(b"HTTP/1.1 200 OK\r\n\r\n")]);
         assert!(counted(&stats).is_empty());
+    }
+
+    /// The first bytes, held while the protocol was not known, keep the time they came at.
+    #[test]
+    fn sniffed_bytes_keep_their_times() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let stats =
+            play_every_way(&[c(b"PO"), c(b"ST /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"), s(ok), s(ok)]);
+        assert_eq!(stats.totals(), (2, 2));
+        let mut preface = PREFACE.to_vec();
+        preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        preface.extend_from_slice(&[0, 0, 3, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+        let stats = play_every_way(&[c(&preface[..10]), c(&preface[10..]), s(&[0, 0, 0, 4, 0, 0, 0, 0, 0])]);
+        assert_eq!(stats.totals(), (1, 1));
     }
 
     #[test]

@@ -203,6 +203,34 @@ impl RequestStats {
     }
 }
 
+/// A connection's last request path and its method: a connection that calls one method again
+/// and again finds it without taking the region's lock.
+#[derive(Default)]
+pub struct MethodCache {
+    path: Vec<u8>,
+    method: Option<Method>,
+}
+
+/// Paths longer than this are looked up each time rather than kept.
+const CACHED_PATH: usize = 512;
+
+impl MethodCache {
+    pub fn method(&mut self, stats: &RequestStats, target: &[u8]) -> Method {
+        match self.method {
+            Some(m) if self.path == target => m,
+            _ => {
+                let m = stats.method(target);
+                if target.len() <= CACHED_PATH {
+                    self.path.clear();
+                    self.path.extend_from_slice(target);
+                    self.method = Some(m);
+                }
+                m
+            }
+        }
+    }
+}
+
 /// A counted series in tests: `(protocol, method, code, grpc_code, count)`.
 #[cfg(test)]
 pub type Series = (&'static str, String, u16, &'static str, u64);
