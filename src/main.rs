@@ -14,7 +14,6 @@ mod exposition;
 mod front;
 mod healthcheck;
 mod logtag;
-#[allow(dead_code, unused_imports)] // until the relay feeds it (see its module doc)
 mod observe;
 mod output;
 mod policy;

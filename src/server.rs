@@ -31,6 +31,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use crate::config::Config;
 use crate::exposition::{self, Family};
 use crate::front;
+use crate::observe::{self, RequestStats};
 use crate::output;
 use crate::probe;
 use crate::relay::{self, Reject};
@@ -443,6 +444,11 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
         }
     }
     relay_metrics(&snap.regions, &mut out);
+    let measured: Vec<(&str, &RequestStats)> =
+        snap.regions.iter().filter_map(|r| r.requests.as_deref().map(|q| (r.name, q))).collect();
+    if !measured.is_empty() {
+        observe::write_metrics(&measured, &mut out);
+    }
     let _ = writeln!(
         out,
         "# HELP supervisor_build_info Version of region-supervisor\n# TYPE supervisor_build_info gauge"
@@ -450,6 +456,7 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
     let _ = writeln!(out, "supervisor_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     let mut reserved: Vec<&str> = OWN.iter().map(|o| o.name).chain(RELAY.iter().map(|r| r.0)).collect();
     reserved.push(REJECTED);
+    reserved.extend(observe::FAMILIES);
     reserved.push("supervisor_build_info");
     exposition::merge(scraped.into_iter().flatten().collect(), &reserved, &mut out);
     out

@@ -15,6 +15,7 @@ use signal_hook::iterator::Signals;
 
 use crate::accept;
 use crate::config::{Config, Preflight};
+use crate::observe::RequestStats;
 use crate::output;
 use crate::policy::{Action, Event, Policy, Settings};
 use crate::probe;
@@ -128,11 +129,12 @@ fn start_regions(
 fn start_relays(
     config: &Config,
     listeners: Vec<std::net::TcpListener>,
-) -> Result<(Vec<relay::Handle>, Vec<Arc<relay::Stats>>), String> {
+) -> Result<(Vec<relay::Handle>, Vec<RelayStats>), String> {
     let Some(settings) = &config.relay else { return Ok((Vec::new(), Vec::new())) };
     let (mut handles, mut all_stats) = (Vec::new(), Vec::new());
     for (plan, listener) in config.regions.iter().zip(listeners) {
         let stats = Arc::new(relay::Stats::default());
+        let requests = Arc::new(RequestStats::new(&config.health_path));
         let setup = relay::Setup {
             region: plan.name,
             listener,
@@ -140,16 +142,20 @@ fn start_relays(
             hold: settings.hold,
             max_connections: settings.max_connections,
             stats: stats.clone(),
+            requests: requests.clone(),
         };
         handles.push(
             relay::start(setup).map_err(|e| format!("{}: cannot start the relay thread: {e}", plan.name))?,
         );
-        all_stats.push(stats);
+        all_stats.push((stats, requests));
     }
     Ok((handles, all_stats))
 }
 
-fn initial_view(config: &Config, stats: &[Arc<Stats>], relay: &[Arc<relay::Stats>]) -> SharedView {
+/// A relay's counters: connections and bytes, and the requests measured in them.
+type RelayStats = (Arc<relay::Stats>, Arc<RequestStats>);
+
+fn initial_view(config: &Config, stats: &[Arc<Stats>], relay: &[RelayStats]) -> SharedView {
     let regions = config
         .regions
         .iter()
@@ -164,7 +170,8 @@ fn initial_view(config: &Config, stats: &[Arc<Stats>], relay: &[Arc<relay::Stats
             last_exit: None,
             started_at: None,
             stats: stats[i].clone(),
-            relay: relay.get(i).cloned(),
+            relay: relay.get(i).map(|r| r.0.clone()),
+            requests: relay.get(i).map(|r| r.1.clone()),
         })
         .collect();
     Arc::new(RwLock::new(View { regions, stopping: false }))

@@ -8,6 +8,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use crate::observe::RequestStats;
 use crate::region::Stats;
 use crate::relay;
 
@@ -56,6 +57,8 @@ pub struct RegionView {
     pub stats: Arc<Stats>,
     /// The relay's counters; `None` with the relay off.
     pub relay: Option<Arc<relay::Stats>>,
+    /// The requests the relay measured; `None` with the relay off.
+    pub requests: Option<Arc<RequestStats>>,
 }
 
 pub type SharedView = Arc<RwLock<View>>;

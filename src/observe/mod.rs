@@ -23,7 +23,7 @@ mod stats;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use stats::{write_metrics, RequestStats};
+pub use stats::{write_metrics, RequestStats, FAMILIES};
 
 use h2::{H2, PREFACE};
 use http1::Http1;

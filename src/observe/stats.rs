@@ -299,6 +299,15 @@ fn snapshot(stats: &RequestStats) -> Snapshot {
 }
 
 /// Writes the request families for all regions, one # HELP/# TYPE per family, region label first.
+/// The names of the families `write_metrics` writes (a child's families of these names are left
+/// out of the merged page).
+pub const FAMILIES: [&str; 4] = [
+    "supervisor_region_requests_total",
+    "supervisor_region_request_duration_seconds",
+    "supervisor_region_requests_in_flight",
+    "supervisor_region_request_parse_failures_total",
+];
+
 pub fn write_metrics(regions: &[(&str, &RequestStats)], out: &mut String) {
     let snaps: Vec<(String, Snapshot)> =
         regions.iter().map(|(name, stats)| (escape(name), snapshot(stats))).collect();

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::accept::{self, Accepted, Permit};
+use crate::observe::{Observer, RequestStats};
 use crate::output;
 use crate::sys::{self, Epoll, EventFd, Ready, WANT_READ};
 use duplex::{Duplex, Side, Step, Watch, HALF_CLOSED_IDLE, LINGER};
@@ -64,6 +65,8 @@ pub struct Setup {
     pub hold: Duration,
     pub max_connections: usize,
     pub stats: Arc<Stats>,
+    /// The region's request counters (SPEC "Request metrics"), fed by each connection's observer.
+    pub requests: Arc<RequestStats>,
 }
 
 /// How the supervisor thread reaches a relay thread.
@@ -133,6 +136,7 @@ pub fn start(setup: Setup) -> std::io::Result<Handle> {
         hold: setup.hold,
         max: setup.max_connections,
         stats: setup.stats,
+        requests: setup.requests,
         region: setup.region,
         last_sweep: Instant::now(),
         deadlines: false,
@@ -153,7 +157,7 @@ enum State {
         child: OwnedFd,
         until: Instant,
     },
-    Open(Duplex),
+    Open(Duplex, Box<Observer>),
     /// Closing: our FIN is sent, what the client still sends is dropped until `until`.
     Linger {
         until: Instant,
@@ -191,6 +195,7 @@ struct Relay {
     hold: Duration,
     max: usize,
     stats: Arc<Stats>,
+    requests: Arc<RequestStats>,
     region: &'static str,
     last_sweep: Instant,
     /// The thread's one read buffer, shared by all its connections.
@@ -199,15 +204,22 @@ struct Relay {
     deadlines: bool,
 }
 
-/// Counts bytes for the region while a `Duplex` copies them.
-struct Counter<'a>(&'a Stats);
+/// What sees the bytes while a `Duplex` copies them: the region's byte counters and the
+/// connection's request observer (which reads a copy; it never changes or holds them).
+struct Counter<'a> {
+    stats: &'a Stats,
+    observer: &'a mut Observer,
+    now: Instant,
+}
 
 impl Watch for Counter<'_> {
     fn client_bytes(&mut self, bytes: &[u8]) {
-        self.0.received.fetch_add(bytes.len() as u64, Relaxed);
+        self.stats.received.fetch_add(bytes.len() as u64, Relaxed);
+        self.observer.client(bytes, self.now);
     }
     fn child_bytes(&mut self, bytes: &[u8]) {
-        self.0.sent.fetch_add(bytes.len() as u64, Relaxed);
+        self.stats.sent.fetch_add(bytes.len() as u64, Relaxed);
+        self.observer.child(bytes, self.now);
     }
 }
 
@@ -255,7 +267,9 @@ impl Relay {
                 Control::Gate(g) => self.gate = g,
                 Control::Stop => self.stop(now),
                 Control::Quit => {
-                    self.conns.clear();
+                    for slot in 0..self.conns.len() {
+                        self.close(slot);
+                    }
                     self.stats.active.store(0, Relaxed);
                     self.stats.held.store(0, Relaxed);
                     return false;
@@ -427,15 +441,17 @@ impl Relay {
     fn opened(&mut self, slot: usize, child: OwnedFd, now: Instant) {
         let conn = self.conns[slot].as_mut().expect("live slot");
         let client = conn.client.take().expect("a connecting connection has its client");
-        conn.state = State::Open(Duplex::new(client, child, now));
+        let observer = Box::new(Observer::new(self.requests.clone()));
+        conn.state = State::Open(Duplex::new(client, child, now), observer);
         self.stats.active.fetch_add(1, Relaxed);
         // The client has most likely sent its first bytes already: pass them on now rather
         // than after another turn of epoll. (Not while a readiness report holds the buffer:
         // then epoll reports the client's bytes on the next turn.)
         let mut buf = std::mem::take(&mut self.buf);
         let step = match self.conns[slot].as_mut().map(|c| &mut c.state) {
-            Some(State::Open(d)) if !buf.is_empty() => {
-                d.on_ready(Side::Client, true, false, &mut buf, &mut Counter(&self.stats), now)
+            Some(State::Open(d, observer)) if !buf.is_empty() => {
+                let mut watch = Counter { stats: &self.stats, observer, now };
+                d.on_ready(Side::Client, true, false, &mut buf, &mut watch, now)
             }
             _ => Step::Go,
         };
@@ -466,11 +482,12 @@ impl Relay {
         let side = if token & 1 == 1 { Side::Child } else { Side::Client };
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
         match &mut conn.state {
-            State::Open(d) => {
+            State::Open(d, observer) => {
                 let wanted = d.wanted(side);
                 let readable = (r.readable || r.broken) && wanted & WANT_READ != 0;
                 let writable = (r.writable || r.broken) && wanted & sys::WANT_WRITE != 0;
-                let step = d.on_ready(side, readable, writable, buf, &mut Counter(&self.stats), now);
+                let mut watch = Counter { stats: &self.stats, observer, now };
+                let step = d.on_ready(side, readable, writable, buf, &mut watch, now);
                 self.after(slot, step, now);
             }
             State::Connecting { child, .. } if side == Side::Child => {
@@ -502,21 +519,23 @@ impl Relay {
     fn after(&mut self, slot: usize, step: Step, now: Instant) {
         match step {
             Step::Go => {
-                if let Some(Conn { state: State::Open(d), .. }) = &self.conns[slot] {
+                if let Some(Conn { state: State::Open(d, _), .. }) = &self.conns[slot] {
                     self.deadlines |= d.half_closed();
                 }
                 self.sync(slot);
             }
             Step::Done => self.close(slot),
             Step::Reset => {
-                if let Some(State::Open(d)) = self.take_state(slot) {
+                if let Some(State::Open(d, mut observer)) = self.take_state(slot) {
+                    observer.end(now);
                     self.stats.active.fetch_sub(1, Relaxed);
                     duplex::reset(d);
                 }
                 self.close(slot);
             }
             Step::Linger => {
-                if let Some(State::Open(d)) = self.take_state(slot) {
+                if let Some(State::Open(d, mut observer)) = self.take_state(slot) {
+                    observer.end(now);
                     self.stats.active.fetch_sub(1, Relaxed);
                     let conn = self.conns[slot].as_mut().expect("live slot");
                     // The child's socket closes with `d`; the client's stays registered.
@@ -537,7 +556,8 @@ impl Relay {
     /// Ends a connection: its sockets close when dropped (epoll forgets closed descriptors).
     fn close(&mut self, slot: usize) {
         let Some(conn) = self.conns[slot].take() else { return };
-        if let State::Open(_) = conn.state {
+        if let State::Open(_, mut observer) = conn.state {
+            observer.end(Instant::now());
             self.stats.active.fetch_sub(1, Relaxed);
         }
         self.freed.push(slot);
@@ -547,7 +567,7 @@ impl Relay {
     fn sync(&mut self, slot: usize) {
         let Some(conn) = self.conns[slot].as_mut() else { return };
         let (client, child, want): (Option<i32>, Option<i32>, [u32; 2]) = match &conn.state {
-            State::Open(d) => (
+            State::Open(d, _) => (
                 Some(d.client.as_raw_fd()),
                 Some(d.child.as_raw_fd()),
                 [d.wanted(Side::Client), d.wanted(Side::Child)],
@@ -584,7 +604,7 @@ impl Relay {
         self.deadlines = false;
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_ref() else { continue };
-            let open_only = matches!(&conn.state, State::Open(d) if !d.half_closed());
+            let open_only = matches!(&conn.state, State::Open(d, _) if !d.half_closed());
             self.deadlines |= !open_only;
             match &conn.state {
                 State::Held { until, .. } if *until <= now => {
@@ -595,7 +615,9 @@ impl Relay {
                 State::Connecting { until, .. } if *until <= now => {
                     self.reject(slot, Reject::ConnectError, now);
                 }
-                State::Open(d) if d.half_closed() && now.duration_since(d.last_moved) >= HALF_CLOSED_IDLE => {
+                State::Open(d, _)
+                    if d.half_closed() && now.duration_since(d.last_moved) >= HALF_CLOSED_IDLE =>
+                {
                     self.close(slot);
                 }
                 State::Linger { until } if *until <= now => self.close(slot),
@@ -637,6 +659,7 @@ mod tests {
             hold,
             max_connections: 64,
             stats: stats.clone(),
+            requests: Arc::new(RequestStats::new("/healthz")),
         };
         (start(setup).unwrap(), port, stats)
     }
