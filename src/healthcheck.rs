@@ -62,7 +62,7 @@ fn probe_all(config: &Config) -> Vec<Result<(), String>> {
 
 fn check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
     let response = probe::get_at(addr, path, timeout, 64 * 1024)?;
-    if (200..300).contains(&response.status) {
+    if probe::healthy(&response) {
         Ok(())
     } else {
         Err(format!("{path} answered HTTP {}", response.status))

@@ -20,6 +20,12 @@ pub struct Response {
 /// Longest status line plus headers we accept.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// The health verdict, for the readiness and liveness probes and the `healthcheck` subcommand
+/// alike: a 2xx answer of the health path.
+pub fn healthy(r: &Response) -> bool {
+    (200..300).contains(&r.status)
+}
+
 /// `GET path` on `port` of 127.0.0.1, all of it within `timeout`.
 pub fn get(port: u16, path: &str, timeout: Duration, max_body: usize) -> Result<Response, String> {
     get_at(SocketAddr::from(([127, 0, 0, 1], port)), path, timeout, max_body)

@@ -255,7 +255,7 @@ impl Supervisor {
         let events = self.events.clone();
         let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
             let result = match probe::get(port, &path, timeout, PROBE_BODY_LIMIT) {
-                Ok(r) if (200..300).contains(&r.status) => Ok(()),
+                Ok(r) if probe::healthy(&r) => Ok(()),
                 Ok(r) => Err(format!("{path} answered HTTP {}", r.status)),
                 Err(e) => Err(e),
             };
