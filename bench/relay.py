@@ -1,0 +1,1037 @@
+#!/usr/bin/env python3
+"""TCP relay speed: the supervisor's relay beside HAProxy, socat and no relay at all, in one run.
+
+Rows (`--rows`, any subset, in any order):
+  direct      the load generator talks to the child's port itself
+  supervisor  region-supervisor (`--bin`) with SUPERVISOR_RELAY_ADDR=127.0.0.1, relaying each
+              region's port to its child
+  haproxy     HAProxy, `mode tcp`, one listen section per child, otherwise its defaults
+              (16 KiB buffers, no splice, one thread per core)
+  socat       `socat TCP-LISTEN:<port>,fork,reuseaddr,nodelay,backlog=1024 TCP:<child>,nodelay`
+              (the backlog and nodelay are set so socat is not held back by its defaults of 5
+              and Nagle)
+
+Every row reaches the same child processes: two regions' children, nginx (HTTP/1.1) on the
+first child port and h2o on the second, because nginx 1.22's cleartext HTTP/2 listener
+speaks HTTP/2 only, and a child must answer the supervisor's HTTP/1.1 readiness probe on the
+very port that carries h2c, as the real plugin does (h2o detects the preface). With the
+supervisor row the supervisor starts them (SUPERVISOR_COMMAND is a generated wrapper script
+that execs nginx or h2o on `{port}`) and the other rows point at its child ports; without it
+this script starts the same wrapper itself. Both children listen on 127.0.0.1 only and serve
+files from a tmpfs.
+
+Measures (`--measures`), each run once per row per round, rounds alternating the row order;
+the table gives medians over `--repeat` rounds:
+  keepalive  requests/s, `wrk -t2 -c16 -d<duration>` on a 128-byte file, keep-alive
+  close      requests/s with a new connection per request (`wrk ... -H "Connection: close"`)
+  bulk       GB/s of one download of a `--bulk-mib` file (1 GiB), by a plain socket reader
+             (curl's own copying would cap it below direct speed); iperf3 cannot stand behind
+             the supervisor row, whose children must answer an HTTP readiness probe
+  latency    median and p99 with one client, `wrk -t1 -c1 --latency`, and what each row adds
+             over direct
+  h2         requests/s, `h2load -n N -c C -m M` (HTTP/2 prior knowledge) against h2o
+  rss        3000 idle relayed connections (250 to each of 12 regions, one request each):
+             VmRSS/VmHWM of the supervisor (12 regions of nginx), and of HAProxy for reference
+CPU seconds of the relay, the child and the load generator are recorded for every run
+(/proc/<pid>/stat and the load generator's rusage); the supervisor's VmRSS/VmHWM after the
+load runs too.
+
+Output: a Markdown report on stdout (ratios to HAProxy and to direct: the median of the
+ratios within each round, so that the machine's momentary load cancels), the raw JSON of every
+run in `--json FILE` (printed after the report when not given), and with `--write
+BENCHMARKS.md` the report between that file's `relay` markers. Ports 21000-21999 on 127.0.0.1.
+Every load run is bounded (-d / -n and a timeout); temporary files are removed; only the
+processes this script started are stopped, by pid.
+
+Usage: bench/relay.py [--rows direct,supervisor,haproxy,socat] [--repeat 5] [--duration 5]
+                      [--measures keepalive,close,bulk,latency,h2,rss] [--bin PATH]
+                      [--json FILE] [--write BENCHMARKS.md]
+Needs nginx, h2o, wrk, h2load, curl, haproxy, socat (only those the selection uses).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from logs import write_section  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1", "ap-southeast-2", "ap-northeast-1",
+           "ap-south-1", "ca-central-1", "sa-east-1", "us-gov-west-1", "us-gov-east-1", "us-west-1"]
+REGION_BASE = 21001    # the supervisor's region ports, 21001-21012
+CHILD_BASE = 21101     # the children's ports, 21101-21112
+METRICS_PORT = 21200   # the supervisor's HTTP endpoint
+HAPROXY_BASE = 21301   # HAProxy: 21301-21302 in the load runs, 21311-21322 in the RSS test
+SOCAT_BASE = 21401     # socat: 21401-21402
+H1_CHILD, H2_CHILD = CHILD_BASE, CHILD_BASE + 1
+ALL_ROWS = ["direct", "supervisor", "haproxy", "socat"]
+ALL_MEASURES = ["keepalive", "close", "bulk", "latency", "h2", "rss"]
+SMALL = b"x" * 127 + b"\n"
+RSS_PER_REGION = 250
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """Stops the run; the message says what failed and what was seen."""
+
+
+# ---------------------------------------------------------------- processes we start
+
+class Started:
+    """Every process this script starts, so that exactly those are stopped (by pid)."""
+
+    def __init__(self):
+        self.procs = []
+
+    def popen(self, name, argv, **kw):
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kw)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc, grace=15):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+
+    def stop_all(self):
+        for _, proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def stat_fields(pid):
+    """Fields of /proc/<pid>/stat after the command name (which may hold spaces)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def children_of(pid):
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def descendants(pid):
+    out, todo = [], children_of(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children_of(p)
+    return out
+
+
+def cpu_self(pid):
+    """User + system seconds of a process's own threads."""
+    try:
+        f = stat_fields(pid)
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def cpu_tree(pid):
+    """User + system seconds of a process and its descendants, living and reaped (so the
+    short-lived forks of socat count too)."""
+    total = 0.0
+    for p in [pid] + descendants(pid):
+        try:
+            f = stat_fields(p)
+        except OSError:
+            continue
+        total += sum(int(x) for x in f[11:15]) / CLK_TCK
+    return total
+
+
+def memory_kib(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+    out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    return out
+
+
+def listener_pids(port):
+    """Pids holding a listening TCP socket on 127.0.0.1:<port> (or 0.0.0.0)."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            local, state, inode = cols[1], cols[3], cols[9]
+            if state == "0A" and int(local.split(":")[1], 16) == port:
+                inodes.add(f"socket:[{inode}]")
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    pids.add(int(pid))
+                    break
+        except OSError:
+            continue
+    return pids
+
+
+def port_free(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no obstacle
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def http_get(port, path, timeout=2.0):
+    """(status, body) of GET http://127.0.0.1:<port><path>, or (None, error)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except Exception as e:  # refused, reset, timeout: all mean "not answering"
+        return None, str(e)
+
+
+def wait_http(port, path, limit, proc=None, what=""):
+    deadline = time.time() + limit
+    last = None
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode} before answering on port {port}")
+        status, last = http_get(port, path)
+        if status == 200:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{what}: GET http://127.0.0.1:{port}{path} gave no 200 within {limit}s (last: {last!r})")
+
+
+def tail(path, n=3000):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- the children
+
+NGINX_CONF = """\
+# nginx child of bench/relay.py: HTTP/1.1 on 127.0.0.1:{port} only.
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {tmp}/nginx-{port}.pid;
+error_log stderr warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 10000; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    default_type application/octet-stream;
+    client_body_temp_path {tmp}/nginx-{port}-body;
+    proxy_temp_path {tmp}/nginx-{port}-proxy;
+    fastcgi_temp_path {tmp}/nginx-{port}-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-{port}-uwsgi;
+    scgi_temp_path {tmp}/nginx-{port}-scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /healthz {{ default_type text/plain; return 200 "ok\\n"; }}
+        location / {{ root {data}; }}
+    }}
+}}
+"""
+
+H2O_CONF = """\
+# h2o child of bench/relay.py: HTTP/1.1 and HTTP/2 prior knowledge on 127.0.0.1:{port} only.
+listen:
+  host: 127.0.0.1
+  port: {port}
+num-threads: {workers}
+http1-request-timeout: 600
+http2-idle-timeout: 600
+hosts:
+  default:
+    paths:
+      /:
+        file.dir: {data}
+"""
+
+WRAPPER = """\
+#!/bin/sh
+# Child command of bench/relay.py: SUPERVISOR_COMMAND="<this script> {{region}} {{port}}".
+# nginx on the port, or h2o on the port named by RELAY_BENCH_H2_PORT. The configurations
+# exist only for child ports: a supervisor that passes a region port (one without the relay)
+# is caught here instead of being measured as if it relayed.
+port=$2
+if [ "$port" = "${{RELAY_BENCH_H2_PORT:-}}" ]; then
+    exec h2o -c "{tmp}/h2o-$port.conf"
+fi
+if [ ! -f "{tmp}/nginx-$port.conf" ]; then
+    echo "relay bench child ($1): no configuration for port $port, which is not a child port" >&2
+    exit 3
+fi
+exec nginx -e stderr -c "{tmp}/nginx-$port.conf"
+"""
+
+
+def write_children(tmp, data, workers):
+    for i in range(len(REGIONS)):
+        port = CHILD_BASE + i
+        with open(os.path.join(tmp, f"nginx-{port}.conf"), "w") as f:
+            f.write(NGINX_CONF.format(port=port, tmp=tmp, data=data, workers=workers))
+    with open(os.path.join(tmp, f"h2o-{H2_CHILD}.conf"), "w") as f:
+        f.write(H2O_CONF.format(port=H2_CHILD, data=data, workers=workers))
+    wrapper = os.path.join(tmp, "child.sh")
+    with open(wrapper, "w") as f:
+        f.write(WRAPPER.format(tmp=tmp))
+    os.chmod(wrapper, 0o755)
+    return wrapper
+
+
+def make_data(data, bulk_mib):
+    with open(os.path.join(data, "healthz"), "wb") as f:
+        f.write(b"ok\n")
+    with open(os.path.join(data, "small"), "wb") as f:
+        f.write(SMALL)
+    block = os.urandom(1 << 20)
+    with open(os.path.join(data, "bulk.bin"), "wb") as f:
+        for _ in range(bulk_mib):
+            f.write(block)
+
+
+class OwnChildren:
+    """The children started by this script (no supervisor row): the same wrapper, the same
+    environment a supervisor would give (PORT, REGION)."""
+
+    def __init__(self, started, wrapper, count, h2, logdir):
+        self.pids = {}
+        env = dict(os.environ)
+        if h2:
+            env["RELAY_BENCH_H2_PORT"] = str(H2_CHILD)
+        for i in range(count):
+            port = CHILD_BASE + i
+            log = os.path.join(logdir, f"child-{port}.log")
+            with open(log, "w") as out:
+                proc = started.popen(f"child {port}", [wrapper, REGIONS[i], str(port)], stdout=out,
+                                     stderr=subprocess.STDOUT, env=dict(env, PORT=str(port), REGION=REGIONS[i]))
+            self.pids[port] = proc
+            try:
+                wait_http(port, "/healthz", 20, proc, f"child on port {port}")
+            except BenchError as e:
+                raise BenchError(f"{e}\nchild log:\n{tail(log)}")
+
+    def pid(self, port):
+        return self.pids[port].pid
+
+
+class Supervisor:
+    """region-supervisor relaying `count` regions to children on the child ports."""
+
+    def __init__(self, started, binary, wrapper, count, h2, logdir):
+        self.started = started
+        self.env = dict(os.environ,
+                        SUPERVISOR_REGIONS=",".join(REGIONS[:count]),
+                        SUPERVISOR_PORT_BASE=str(REGION_BASE),
+                        SUPERVISOR_CHILD_PORT_BASE=str(CHILD_BASE),
+                        SUPERVISOR_RELAY_ADDR="127.0.0.1",
+                        SUPERVISOR_METRICS_ADDR=f"127.0.0.1:{METRICS_PORT}",
+                        SUPERVISOR_COMMAND=f"{wrapper} {{region}} {{port}}")
+        if h2:
+            self.env["RELAY_BENCH_H2_PORT"] = str(H2_CHILD)
+        self.check_plan(binary)
+        self.log = os.path.join(logdir, f"supervisor-{count}.log")
+        with open(self.log, "w") as log:
+            self.proc = started.popen("supervisor", [binary], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        try:
+            wait_http(METRICS_PORT, "/healthz", 30, self.proc, "region-supervisor")
+        except BenchError as e:
+            raise BenchError(f"{e}\nsupervisor log:\n{tail(self.log)}")
+        for i in range(count):
+            owners = listener_pids(REGION_BASE + i)
+            if self.proc.pid not in owners:
+                raise BenchError(f"region port {REGION_BASE + i} is held by pid(s) {sorted(owners)}, not by the "
+                                 f"supervisor (pid {self.proc.pid}): it does not relay")
+
+    def check_plan(self, binary):
+        """The supervisor must know the relay: its plan gives each region a child port apart
+        from the region port, and the command gets the child port."""
+        run = subprocess.run([binary, "regions", "--json"], env=self.env, capture_output=True, text=True, timeout=30)
+        if run.returncode != 0:
+            raise BenchError(f"the supervisor row needs a region-supervisor with the relay (SUPERVISOR_RELAY_ADDR, "
+                             f"SUPERVISOR_CHILD_PORT_BASE): `{binary} regions --json` exited {run.returncode}:\n"
+                             f"{run.stderr.strip()}")
+        try:
+            plan = json.loads(run.stdout)
+        except ValueError:
+            raise BenchError(f"`{binary} regions --json` printed no JSON: {run.stdout[:300]!r}")
+        for i, entry in enumerate(plan):
+            want_child = CHILD_BASE + i
+            if entry.get("child_port") != want_child or entry.get("port") != REGION_BASE + i:
+                raise BenchError(
+                    f"the supervisor row needs a region-supervisor with the relay: {binary} plans "
+                    f"{json.dumps(entry)} for {REGIONS[i]}, expected port {REGION_BASE + i} and child_port "
+                    f"{want_child} (no child_port: this binary predates the relay)")
+            if entry.get("command", [])[-1:] != [str(want_child)]:
+                raise BenchError(f"{binary} passes {entry.get('command')} to {REGIONS[i]}; expected the child port "
+                                 f"{want_child} in place of {{port}}")
+
+    def pid(self, port):
+        """The pid of the child on a child port (a child of the supervisor)."""
+        for child in children_of(self.proc.pid):
+            if port in listener_pids_of(child):
+                return child
+        raise BenchError(f"no child of the supervisor listens on port {port}")
+
+    def memory(self):
+        return memory_kib(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is not None:
+            raise BenchError(f"the supervisor exited early ({self.proc.returncode}):\n{tail(self.log)}")
+        self.started.stop(self.proc)
+        if self.proc.returncode != 0:
+            raise BenchError(f"the supervisor exited {self.proc.returncode} on SIGTERM:\n{tail(self.log)}")
+
+
+def listener_pids_of(pid):
+    """The ports a process listens on (from its own descriptors)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:
+                ports.add(int(cols[1].split(":")[1], 16))
+    return ports
+
+
+# ---------------------------------------------------------------- the relays
+
+HAPROXY_CONF = """\
+# HAProxy of bench/relay.py: plain TCP relay, the defaults an operator would start from.
+global
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout client-fin 30s
+    timeout server-fin 30s
+{sections}"""
+
+
+def start_haproxy(started, tmp, pairs, logdir):
+    sections = "".join(f"listen relay{front}\n    bind 127.0.0.1:{front}\n    server child 127.0.0.1:{back}\n"
+                       for front, back in pairs)
+    conf = os.path.join(tmp, f"haproxy-{pairs[0][0]}.cfg")
+    with open(conf, "w") as f:
+        f.write(HAPROXY_CONF.format(sections=sections))
+    log = os.path.join(logdir, f"haproxy-{pairs[0][0]}.log")
+    with open(log, "w") as out:
+        proc = started.popen("haproxy", ["haproxy", "-db", "-f", conf], stdout=out, stderr=subprocess.STDOUT)
+    for front, _ in pairs:
+        wait_port(front, proc, "haproxy", log)
+    return proc
+
+
+def start_socat(started, front, back, logdir):
+    log = os.path.join(logdir, f"socat-{front}.log")
+    with open(log, "w") as out:
+        proc = started.popen("socat", ["socat", f"TCP-LISTEN:{front},bind=127.0.0.1,fork,reuseaddr,nodelay,backlog=1024",
+                                       f"TCP:127.0.0.1:{back},nodelay"], stdout=out, stderr=subprocess.STDOUT)
+    wait_port(front, proc, "socat", log)
+    return proc
+
+
+def wait_port(port, proc, what, log, limit=10):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode}:\n{tail(log)}")
+        if proc.pid in listener_pids(port):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{what} is not listening on port {port} after {limit}s")
+
+
+class Row:
+    """One way to reach the children: its ports and the processes relaying to each (none for
+    direct; socat has one per port)."""
+
+    def __init__(self, name, h1, h2, relay_h1=None, relay_h2=None, relay_cpu=cpu_tree):
+        self.name, self.h1, self.h2 = name, h1, h2
+        self.relays = {"h1": relay_h1, "h2": relay_h2 or relay_h1}
+        self.relay_cpu = relay_cpu
+
+    def cpu(self, proto):
+        relay = self.relays[proto]
+        return self.relay_cpu(relay.pid) if relay else 0.0
+
+
+# ---------------------------------------------------------------- load generators
+
+def run_client(argv, limit):
+    """Runs one load generator: (stdout, its CPU seconds, wall seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise BenchError(f"{' '.join(argv)} took longer than {limit}s")
+    except BaseException:  # interrupted: the load generator goes too
+        proc.kill()
+        proc.wait()
+        raise
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited {proc.returncode}:\n{out}\n{err}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out, cpu, wall
+
+
+def seconds(text):
+    """wrk's durations (52.00us, 1.20ms, 2.00s, 1.00m) in seconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise BenchError(f"cannot read wrk duration {text!r}")
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+def wrk_errors(out):
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return errors
+
+
+def m_keepalive(row, args):
+    out, cpu, wall = run_client(["wrk", "-t2", "-c16", f"-d{args.duration}s", "--timeout", "5s",
+                                 f"http://127.0.0.1:{row.h1}/small"], args.duration + 30)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "errors": wrk_errors(out)}, cpu, wall
+
+
+def m_close(row, args):
+    out, cpu, wall = run_client(["wrk", "-t2", "-c16", f"-d{args.duration}s", "--timeout", "5s",
+                                 "-H", "Connection: close", f"http://127.0.0.1:{row.h1}/small"], args.duration + 30)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "errors": wrk_errors(out)}, cpu, wall
+
+
+def m_latency(row, args):
+    out, cpu, wall = run_client(["wrk", "-t1", "-c1", f"-d{args.duration}s", "--timeout", "5s", "--latency",
+                                 f"http://127.0.0.1:{row.h1}/small"], args.duration + 30)
+    p50 = seconds(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = seconds(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    return {"p50_us": p50 * 1e6, "p99_us": p99 * 1e6, "errors": wrk_errors(out)}, cpu, wall
+
+
+# The bulk client: one GET, the body read into one reused 1 MiB buffer and dropped. curl reads
+# in 100 KiB pieces and copies each to its output; on this kind of machine it tops out below
+# what nginx sends directly (1.6-1.9 GB/s against 2.3 GB/s here), which would hide a relay's cost.
+BULK_READER = r"""
+import socket, sys, time
+port, path = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", port), timeout=120)
+t0 = time.perf_counter()
+s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+buf = bytearray(1 << 20)
+view = memoryview(buf)
+head = b""
+while b"\r\n\r\n" not in head:
+    n = s.recv_into(view)
+    if not n:
+        sys.exit("connection closed in the response head")
+    head += bytes(view[:n])
+head, _, rest = head.partition(b"\r\n\r\n")
+status = int(head.split(b" ", 2)[1])
+body = len(rest)
+while True:
+    n = s.recv_into(view)
+    if not n:
+        break
+    body += n
+print(status, body, time.perf_counter() - t0)
+"""
+
+
+def m_bulk(row, args):
+    out, cpu, wall = run_client([sys.executable, "-c", BULK_READER, str(row.h1), "/bulk.bin"], 150)
+    code, size, secs = out.split()
+    if code != "200" or int(size) != args.bulk_bytes:
+        raise BenchError(f"{row.name}: bulk download gave HTTP {code}, {size} of {args.bulk_bytes} bytes")
+    return {"gbps": int(size) / float(secs) / 1e9, "errors": 0}, cpu, wall
+
+
+def m_h2(row, args):
+    out, cpu, wall = run_client(["h2load", "-n", str(args.h2_requests), "-c", str(args.h2_clients),
+                                 "-m", str(args.h2_streams), f"http://127.0.0.1:{row.h2}/healthz"], 300)
+    done = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", out)
+    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    if not done or not rate:
+        raise BenchError(f"{row.name}: cannot read h2load's output:\n{out}")
+    return {"rps": float(rate.group(1)), "errors": int(done.group(1)) - int(done.group(2))}, cpu, wall
+
+
+MEASURES = {"keepalive": m_keepalive, "close": m_close, "latency": m_latency, "bulk": m_bulk, "h2": m_h2}
+
+
+def measure(name, row, child_pid, args):
+    """One load run against one row, with the CPU each process spent during it."""
+    proto = "h2" if name == "h2" else "h1"
+    relay0, child0 = row.cpu(proto), cpu_tree(child_pid)
+    values, client_cpu, wall = MEASURES[name](row, args)
+    values.update(measure=name, row=row.name, wall_s=round(wall, 3), client_cpu_s=round(client_cpu, 3),
+                  relay_cpu_s=round(row.cpu(proto) - relay0, 3), child_cpu_s=round(cpu_tree(child_pid) - child0, 3))
+    return values
+
+
+# ---------------------------------------------------------------- the idle-connections test
+
+def open_idle(ports, per_port):
+    """Opens `per_port` keep-alive connections to each port, makes one request on each (so
+    each is relayed through to a child) and leaves them open."""
+    socks = []
+    request = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+    try:
+        for port in ports:
+            for _ in range(per_port):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                socks.append(s)
+                s.sendall(request)
+        for s in socks:
+            got = b""
+            while not got.endswith(b"\r\n\r\nok\n"):
+                data = s.recv(4096)
+                if not data:
+                    raise BenchError("an idle-test connection was closed before its response")
+                got += data
+    except (OSError, BenchError):
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def rss_test(started, args, wrapper, tmp, logdir, rows):
+    """VmRSS/VmHWM of the supervisor (and HAProxy) holding 3000 idle relayed connections."""
+    results = {}
+    count = len(REGIONS)
+    sup = None
+    children = None
+    try:
+        if "supervisor" in rows:
+            sup = Supervisor(started, args.bin, wrapper, count, False, logdir)
+        else:
+            children = OwnChildren(started, wrapper, count, False, logdir)
+        targets = []
+        if sup:
+            targets.append(("supervisor", sup.proc, [REGION_BASE + i for i in range(count)]))
+        if "haproxy" in rows:
+            pairs = [(HAPROXY_BASE + 10 + i, CHILD_BASE + i) for i in range(count)]
+            targets.append(("haproxy", start_haproxy(started, tmp, pairs, logdir), [p for p, _ in pairs]))
+        for name, proc, ports in targets:
+            time.sleep(0.5)
+            base = memory_kib(proc.pid)
+            socks = open_idle(ports, RSS_PER_REGION)
+            time.sleep(1.0)
+            held = memory_kib(proc.pid)
+            for s in socks:
+                s.close()
+            results[name] = {"connections": len(socks), "baseline_rss_kib": base["VmRSS"],
+                             "rss_kib": held["VmRSS"], "hwm_kib": held["VmHWM"], "fds": held["fds"],
+                             "baseline_fds": base["fds"], "threads": held["Threads"]}
+            if name == "haproxy":
+                started.stop(proc)
+    finally:
+        if sup:
+            sup.stop()
+        if children:
+            for proc in children.pids.values():
+                started.stop(proc)
+    return results
+
+
+# ---------------------------------------------------------------- report
+
+def fmt_rate(v):
+    return f"{v / 1000:.1f} k" if v >= 1000 else f"{v:.0f}"
+
+
+def medians(runs, rows, measures):
+    out = {}
+    for row in rows:
+        for m in measures:
+            mine = [r for r in runs if r["row"] == row and r["measure"] == m]
+            if not mine:
+                continue
+            keys = [k for k in mine[0] if isinstance(mine[0][k], (int, float)) and k not in ("errors", "round")]
+            out.setdefault(row, {})[m] = {k: statistics.median(r[k] for r in mine) for k in keys}
+            out[row][m]["errors"] = sum(r["errors"] for r in mine)
+            out[row][m]["runs"] = len(mine)
+            for ref in ("haproxy", "direct"):
+                paired = paired_ratio(runs, row, ref, m)
+                if paired is not None and ref != row:
+                    out[row][m][f"vs_{ref}"] = paired
+    return out
+
+
+VALUE = {"keepalive": "rps", "close": "rps", "h2": "rps", "bulk": "gbps"}
+
+
+def paired_ratio(runs, row, ref, m):
+    """Median over rounds of row/ref within each round: runs next to each other share the
+    machine's momentary load, which a ratio of two medians would not cancel."""
+    key = VALUE.get(m)
+    if key is None:
+        return None
+    by_round = {}
+    for r in runs:
+        if r["measure"] == m and r["row"] in (row, ref):
+            by_round.setdefault(r["round"], {})[r["row"]] = r[key]
+    ratios = [v[row] / v[ref] for v in by_round.values() if row in v and v.get(ref)]
+    return statistics.median(ratios) if ratios else None
+
+
+def ratio(med, row, ref, m, key):
+    return med.get(row, {}).get(m, {}).get(f"vs_{ref}")
+
+
+def cell(med, row, m, key, text, refs):
+    if m not in med.get(row, {}):
+        return "-"
+    parts = []
+    for ref, tag in refs:
+        r = ratio(med, row, ref, m, key)
+        if r is not None and ref != row:
+            parts.append(f"{r:.2f}{tag}")
+    errors = med[row][m]["errors"]
+    note = f" ({', '.join(parts)})" if parts else ""
+    return text + note + (f" **{errors} errors**" if errors else "")
+
+
+def report(args, rows, measures, med, rss, after_load, versions):
+    refs = [("haproxy", "×H"), ("direct", "×D")]
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    rounds = "one round" if args.repeat == 1 else f"medians of {args.repeat} rounds, rows alternating"
+    lines = [f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; "
+             f"{datetime.date.today().isoformat()}. {', '.join(versions)}.",
+             f"{rounds.capitalize()}; wrk runs {args.duration} s; bulk: one "
+             f"{args.bulk_mib} MiB download from tmpfs; h2load -n {args.h2_requests} -c {args.h2_clients} "
+             f"-m {args.h2_streams}; children: nginx ({args.workers} worker) for HTTP/1.1, h2o for h2c. "
+             "In brackets: the ratio to HAProxy (×H) and to direct (×D), the median of the ratios "
+             "within each round; for latency, the difference to direct.", ""]
+    if not any(m in measures for m in MEASURES):
+        lines = lines[:1] + [""]
+    header = ["row"]
+    for m, title in [("keepalive", "keep-alive req/s"), ("close", "new connection req/s"),
+                     ("bulk", "bulk GB/s"), ("h2", "h2load req/s"), ("latency", "latency p50 / p99")]:
+        if m in measures:
+            header.append(title)
+    if len(header) > 1:
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows if len(header) > 1 else []:
+        cells = [row]
+        for m in ("keepalive", "close", "bulk", "h2", "latency"):
+            if m not in measures:
+                continue
+            if m not in med.get(row, {}):
+                cells.append("-")
+            elif m == "bulk":
+                cells.append(cell(med, row, m, "gbps", f"{med[row][m]['gbps']:.2f}", refs))
+            elif m == "latency":
+                v = med[row][m]
+                text = f"{v['p50_us']:.0f} / {v['p99_us']:.0f} µs"
+                if row != "direct" and "direct" in med and m in med["direct"]:
+                    d = med["direct"][m]
+                    text += f" (+{v['p50_us'] - d['p50_us']:.0f} / {v['p99_us'] - d['p99_us']:+.0f})"
+                cells.append(text + (f" **{v['errors']} errors**" if v["errors"] else ""))
+            else:
+                cells.append(cell(med, row, m, "rps", fmt_rate(med[row][m]["rps"]), refs))
+        lines.append("| " + " | ".join(cells) + " |")
+    load = [m for m in ("keepalive", "close", "bulk", "h2", "latency") if m in measures]
+    if load:
+        lines += ["", "CPU seconds per run (median): relay / child / load generator.", "",
+                  "| row | " + " | ".join(load) + " |", "|---|" + "---|" * len(load)]
+        for row in rows:
+            cells = [row]
+            for m in load:
+                v = med.get(row, {}).get(m)
+                cells.append(f"{v['relay_cpu_s']:.2f} / {v['child_cpu_s']:.2f} / {v['client_cpu_s']:.2f}" if v else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    if after_load:
+        lines += ["", f"Supervisor after the load runs (2 regions): VmRSS {after_load['VmRSS'] / 1024:.1f} MiB, "
+                  f"VmHWM {after_load['VmHWM'] / 1024:.1f} MiB, {after_load['Threads']} threads."]
+    if rss:
+        lines += ["", f"Idle connections: {RSS_PER_REGION} to each of {len(REGIONS)} regions, one request on "
+                  "each, then held open.", "",
+                  "| process | connections | VmRSS before | VmRSS held | VmHWM | fds held |", "|---|---|---|---|---|---|"]
+        for name, v in rss.items():
+            lines.append(f"| {name} | {v['connections']} | {v['baseline_rss_kib'] / 1024:.1f} MiB | "
+                         f"{v['rss_kib'] / 1024:.1f} MiB | {v['hwm_kib'] / 1024:.1f} MiB | {v['fds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def tool_versions(rows, measures):
+    probes = [("nginx", ["nginx", "-v"]), ("h2o", ["h2o", "--version"]), ("wrk", ["wrk", "-v"]),
+              ("h2load", ["h2load", "--version"])]
+    if "haproxy" in rows:
+        probes.append(("haproxy", ["haproxy", "-v"]))
+    if "socat" in rows:
+        probes.append(("socat", ["socat", "-V"]))
+    out = []
+    for name, argv in probes:
+        try:
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except OSError:
+            continue
+        m = re.search(r"(\d+\.\d+(?:\.\d+)?)", run.stdout + run.stderr)
+        if m:
+            out.append(f"{name} {m.group(1)}")
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", default=",".join(ALL_ROWS), help=f"comma-separated subset of {','.join(ALL_ROWS)}")
+    ap.add_argument("--measures", default=",".join(ALL_MEASURES),
+                    help=f"comma-separated subset of {','.join(ALL_MEASURES)}")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds; the table gives medians (default 5)")
+    ap.add_argument("--duration", type=int, default=5, help="seconds of each wrk run (default 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of keep-alive load per row before measuring")
+    ap.add_argument("--bulk-mib", type=int, default=1024, help="size of the bulk download (default 1024 MiB)")
+    ap.add_argument("--h2-requests", type=int, default=100000, help="h2load -n (default 100000)")
+    ap.add_argument("--h2-clients", type=int, default=16, help="h2load -c (default 16)")
+    ap.add_argument("--h2-streams", type=int, default=10, help="h2load -m (default 10)")
+    ap.add_argument("--workers", type=int, default=1, help="nginx worker processes / h2o threads (default 1)")
+    ap.add_argument("--bin", default=None, help="region-supervisor binary (default target/release/region-supervisor, "
+                    "built with cargo build --release when missing)")
+    ap.add_argument("--json", metavar="FILE", help="write the raw results here (default: after the report)")
+    ap.add_argument("--write", metavar="BENCHMARKS.md", help="put the report between the file's relay markers")
+    args = ap.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
+    measures = [m for m in args.measures.split(",") if m]
+    for name, given, valid in (("--rows", rows, ALL_ROWS), ("--measures", measures, ALL_MEASURES)):
+        bad = [x for x in given if x not in valid]
+        if bad or not given or len(set(given)) != len(given):
+            ap.error(f"{name} {','.join(given)!r}: use a comma-separated subset of {','.join(valid)}, each once")
+    if args.repeat < 1 or args.duration < 1 or args.bulk_mib < 1 or args.workers < 1:
+        ap.error("--repeat, --duration, --bulk-mib and --workers must be at least 1")
+    args.bulk_bytes = args.bulk_mib << 20
+    return args, rows, measures
+
+
+def check_tools(rows, measures):
+    need = {"nginx"}
+    need |= {"wrk"} if {"keepalive", "close", "latency"} & set(measures) else set()
+    need |= {"curl"} if "h2" in measures else set()
+    need |= {"h2load", "h2o"} if "h2" in measures else set()
+    need |= {r for r in rows if r in ("haproxy", "socat")}
+    missing = sorted(t for t in need if shutil.which(t) is None)
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)} (Debian: nginx-light h2o wrk curl nghttp2-client "
+                         "haproxy socat)")
+
+
+def check_ports(rows, measures):
+    ports = [CHILD_BASE + i for i in range(len(REGIONS))]
+    if "supervisor" in rows:
+        ports += [REGION_BASE + i for i in range(len(REGIONS))] + [METRICS_PORT]
+    if "haproxy" in rows:
+        ports += [HAPROXY_BASE, HAPROXY_BASE + 1] + [HAPROXY_BASE + 10 + i for i in range(len(REGIONS))]
+    if "socat" in rows:
+        ports += [SOCAT_BASE, SOCAT_BASE + 1]
+    taken = [p for p in ports if not port_free(p)]
+    if taken:
+        raise BenchError(f"ports in use on 127.0.0.1: {', '.join(map(str, taken))} (this benchmark uses 21000-21999)")
+
+
+def supervisor_binary(args):
+    if args.bin:
+        if not os.access(args.bin, os.X_OK):
+            raise BenchError(f"--bin {args.bin}: not an executable file")
+        return os.path.abspath(args.bin)
+    path = os.path.join(ROOT, "target", "release", "region-supervisor")
+    if not os.access(path, os.X_OK):
+        print(f"building {path} (cargo build --release)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "region-supervisor"], cwd=ROOT, check=True)
+    return path
+
+
+def load_phase(started, args, rows, measures, wrapper, tmp, logdir):
+    load = [m for m in measures if m in MEASURES]
+    h2 = "h2" in load
+    sup = children = None
+    if "supervisor" in rows:
+        sup = Supervisor(started, args.bin, wrapper, 2 if h2 else 1, h2, logdir)
+        child_pid = sup.pid
+    else:
+        children = OwnChildren(started, wrapper, 2 if h2 else 1, h2, logdir)
+        child_pid = children.pid
+    table = {}
+    for name in rows:
+        if name == "direct":
+            table[name] = Row(name, H1_CHILD, H2_CHILD)
+        elif name == "supervisor":
+            table[name] = Row(name, REGION_BASE, REGION_BASE + 1, sup.proc, relay_cpu=cpu_self)
+        elif name == "haproxy":
+            pairs = [(HAPROXY_BASE, H1_CHILD)] + ([(HAPROXY_BASE + 1, H2_CHILD)] if h2 else [])
+            table[name] = Row(name, HAPROXY_BASE, HAPROXY_BASE + 1, start_haproxy(started, tmp, pairs, logdir))
+        elif name == "socat":
+            proc = start_socat(started, SOCAT_BASE, H1_CHILD, logdir)
+            proc2 = start_socat(started, SOCAT_BASE + 1, H2_CHILD, logdir) if h2 else None
+            table[name] = Row(name, SOCAT_BASE, SOCAT_BASE + 1, proc, proc2)
+    preflight(table, args, h2)
+    h1_pid, h2_pid = child_pid(H1_CHILD), (child_pid(H2_CHILD) if h2 else None)
+    for row in table.values():
+        if args.warmup:
+            run_client(["wrk", "-t2", "-c16", f"-d{args.warmup}s", f"http://127.0.0.1:{row.h1}/small"], args.warmup + 30)
+    runs = []
+    for rnd in range(args.repeat):
+        order = rows[rnd % len(rows):] + rows[:rnd % len(rows)]
+        for m in load:
+            for name in order:
+                result = measure(m, table[name], h2_pid if m == "h2" else h1_pid, args)
+                result["round"] = rnd
+                runs.append(result)
+                print(f"round {rnd + 1}/{args.repeat} {m:9} {name:10} {short(result)}", file=sys.stderr, flush=True)
+    after = sup.memory() if sup else None
+    for _, proc in [(n, p) for n, p in started.procs if n in ("haproxy", "socat")]:
+        started.stop(proc)
+    if sup:
+        sup.stop()
+    if children:
+        for proc in children.pids.values():
+            started.stop(proc)
+    return runs, after
+
+
+def short(r):
+    keys = [k for k in ("rps", "gbps", "p50_us", "p99_us") if k in r]
+    return " ".join(f"{k}={r[k]:.2f}" for k in keys) + f" relay_cpu={r['relay_cpu_s']} errors={r['errors']}"
+
+
+def preflight(table, args, h2):
+    """Every row answers, with the right bytes, before anything is timed."""
+    for row in table.values():
+        status, body = http_get(row.h1, "/small", timeout=5)
+        if status != 200 or body != SMALL:
+            raise BenchError(f"{row.name}: GET /small on port {row.h1} gave {status} {body[:100]!r}")
+        if h2:
+            run = subprocess.run(["curl", "-sS", "--noproxy", "*", "--http2-prior-knowledge", "--max-time", "5",
+                                  "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                                  f"http://127.0.0.1:{row.h2}/healthz"], capture_output=True, text=True)
+            if run.stdout.strip() != "2 200":
+                raise BenchError(f"{row.name}: h2c GET /healthz on port {row.h2} gave {run.stdout!r} {run.stderr!r}")
+
+
+def main():
+    args, rows, measures = parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    started = Started()
+    tmp = data = None
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        check_tools(rows, measures)
+        check_ports(rows, measures)
+        if "supervisor" in rows:
+            args.bin = supervisor_binary(args)
+        versions = tool_versions(rows, measures)
+        tmp = tempfile.mkdtemp(prefix="rs-bench-relay-")
+        data = tempfile.mkdtemp(prefix="rs-bench-relay-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        # The children's workers may run as another user (nginx and h2o drop root).
+        os.chmod(tmp, 0o755)
+        os.chmod(data, 0o755)
+        logdir = os.path.join(tmp, "logs")
+        os.mkdir(logdir)
+        make_data(data, args.bulk_mib if "bulk" in measures else 1)
+        wrapper = write_children(tmp, data, args.workers)
+        runs, after = [], None
+        if any(m in MEASURES for m in measures):
+            runs, after = load_phase(started, args, rows, measures, wrapper, tmp, logdir)
+        rss = rss_test(started, args, wrapper, tmp, logdir, rows) if "rss" in measures else {}
+        med = medians(runs, rows, [m for m in measures if m in MEASURES])
+        text = report(args, rows, measures, med, rss, after, versions)
+        raw = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "machine": {"cores": os.cpu_count(), "kernel": platform.release()}, "versions": versions,
+               "args": {k: v for k, v in vars(args).items()}, "rows": rows, "measures": measures,
+               "runs": runs, "medians": med, "supervisor_after_load_kib": after, "idle_connections": rss}
+        print(text)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(raw, f, indent=1)
+        else:
+            print("Raw results (JSON):\n")
+            print(json.dumps(raw, indent=1))
+        if args.write:
+            write_section(args.write, "relay", "TCP relay (`bench/relay.py`)", text)
+        return 0
+    except BenchError as e:
+        print(f"bench/relay.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench/relay.py: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        started.stop_all()
+        for path in (tmp, data):
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
