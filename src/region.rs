@@ -1,17 +1,19 @@
-//! One thread per region: it spawns the region's child, owns its log pipe and tags every line,
-//! and reports the child's start and end to the supervisor.
+//! One thread per region: it spawns the region's child, owns its two log pipes (stdout and
+//! stderr) and tags every line, and reports the child's start and end to the supervisor.
 //!
 //! The thread lives until the supervisor has stopped every child, because the child's
-//! parent-death signal fires when the *spawning thread* exits. It sleeps in `poll` on two
-//! descriptors: the child's pipe and its mailbox's eventfd (the supervisor's commands and the
-//! reaper's exit notice arrive on a channel, and the eventfd makes them wake `poll`).
+//! parent-death signal fires when the *spawning thread* exits. It sleeps in `poll` on up to
+//! three descriptors: the child's two pipes and its mailbox's eventfd (the supervisor's
+//! commands and the reaper's exit notice arrive on a channel, and the eventfd makes them wake
+//! `poll`). Each pipe is framed into lines on its own (`Tagger` keeps a partial line per
+//! stream), so a line begun on one stream never joins a line of the other.
 //!
-//! Ordering invariant: `Event::Exited` is sent only after every byte the child left in its pipe
-//! has been tagged and handed to stdout, so the supervisor's view (and the tail of lines in a
-//! give-up report) is complete when it acts. End of file and exit are separate: a grandchild
-//! may keep the pipe open after the child died, and a child may close it and live on.
+//! Ordering invariant: `Event::Exited` is sent only after every byte the child left in both
+//! pipes has been tagged and handed to stdout, so the supervisor's view (and the tail of lines
+//! in a give-up report) is complete when it acts. End of file and exit are separate: a
+//! grandchild may keep a pipe open after the child died, and a child may close one and live on.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,7 +21,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 
 use crate::config::{LogFormat, RegionPlan};
-use crate::logtag::Tagger;
+use crate::logtag::{Stream, Tagger};
 use crate::output;
 use crate::policy::Event;
 use crate::reaper::Registry;
@@ -28,8 +30,8 @@ use crate::sys::{self, EventFd, ExitStatus};
 
 /// Bytes read from a child's pipe at a time.
 pub const READ_SIZE: usize = 64 * 1024;
-/// Kernel buffer asked for a child's pipe: a child's burst of output costs it fewer waits,
-/// and us fewer wake-ups per megabyte.
+/// Kernel buffer asked for each of a child's pipes: a child's burst of output costs it fewer
+/// waits, and us fewer wake-ups per megabyte.
 const PIPE_SIZE: usize = 1 << 20;
 
 pub enum Msg {
@@ -98,7 +100,8 @@ pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
 
 struct Child {
     gen: u64,
-    pipe: Option<OwnedFd>,
+    /// Read ends of the child's stdout and stderr, indexed by `Stream`; `None` once closed.
+    pipes: [Option<OwnedFd>; 2],
     status: Option<ExitStatus>,
 }
 
@@ -121,9 +124,9 @@ impl Region {
         let mut buf = vec![0u8; READ_SIZE];
         let mut ready = Vec::new();
         loop {
-            let pipe = self.child.as_ref().and_then(|c| c.pipe.as_ref()).map(|p| p.as_raw_fd());
+            let streams: Vec<Stream> = Stream::BOTH.into_iter().filter(|&s| self.pipe(s).is_some()).collect();
             let mut fds = vec![self.mailbox.wake.raw()];
-            fds.extend(pipe);
+            fds.extend(streams.iter().filter_map(|&s| self.pipe(s)));
             if let Err(e) = sys::poll_readable(&fds, &mut ready) {
                 output::error(Some(self.name()), &format!("poll failed: {e}"), &[]);
             }
@@ -139,11 +142,15 @@ impl Region {
                     Msg::Quit => return,
                 }
             }
-            if ready.get(1) == Some(&true) {
-                self.read_pipe(&mut buf, false);
+            for (i, &stream) in streams.iter().enumerate() {
+                if ready.get(1 + i) == Some(&true) {
+                    self.read_pipe(stream, &mut buf, false);
+                }
             }
             if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
-                self.read_pipe(&mut buf, true);
+                for stream in Stream::BOTH {
+                    self.read_pipe(stream, &mut buf, true);
+                }
                 self.report_exit();
             }
         }
@@ -153,25 +160,29 @@ impl Region {
         self.setup.plan.name
     }
 
+    /// The open read end of the child's `stream`, if there is one.
+    fn pipe(&self, stream: Stream) -> Option<RawFd> {
+        self.child.as_ref().and_then(|c| c.pipes[stream as usize].as_ref()).map(|p| p.as_raw_fd())
+    }
+
     fn spawn(&mut self, gen: u64) {
         let result = (|| {
-            let (read, write) = sys::pipe_cloexec()?;
-            sys::set_nonblocking(&read)?;
-            sys::grow_pipe(read.as_raw_fd(), PIPE_SIZE);
-            let mut cmd = spawn::command(&self.setup.plan, write, sys::getpid())?;
+            let (out_read, out_write) = log_pipe()?;
+            let (err_read, err_write) = log_pipe()?;
+            let mut cmd = spawn::command(&self.setup.plan, out_write, err_write, sys::getpid());
             let mailbox = self.mailbox.clone();
             let child = self
                 .setup
                 .registry
                 .spawn(&mut cmd, Box::new(move |status| mailbox.send(Msg::Exited { status })))?;
-            // `cmd` still holds our copies of the pipe's write end: drop it, or the pipe
+            // `cmd` still holds our copies of the pipes' write ends: drop it, or the pipes
             // would never reach end of file.
             drop(cmd);
-            Ok::<_, std::io::Error>((child.id() as i32, read))
+            Ok::<_, std::io::Error>((child.id() as i32, [Some(out_read), Some(err_read)]))
         })();
         let event = match result {
-            Ok((pid, read)) => {
-                self.child = Some(Child { gen, pipe: Some(read), status: None });
+            Ok((pid, pipes)) => {
+                self.child = Some(Child { gen, pipes, status: None });
                 Event::Started { region: self.setup.index, gen, pid }
             }
             Err(e) => Event::SpawnFailed { region: self.setup.index, gen, error: e.to_string() },
@@ -185,24 +196,22 @@ impl Region {
         }
     }
 
-    /// Reads what the pipe has: once (after `poll` said so), or until it is empty (`drain`,
-    /// after the child exited). End of file closes the pipe.
-    fn read_pipe(&mut self, buf: &mut [u8], drain: bool) {
+    /// Reads what `stream`'s pipe has: once (after `poll` said so), or until it is empty
+    /// (`drain`, after the child exited). End of file closes the pipe.
+    fn read_pipe(&mut self, stream: Stream, buf: &mut [u8], drain: bool) {
         loop {
-            let Some(fd) = self.child.as_ref().and_then(|c| c.pipe.as_ref()).map(|p| p.as_raw_fd()) else {
-                return;
-            };
+            let Some(fd) = self.pipe(stream) else { return };
             match sys::read(fd, buf) {
                 Ok(0) => {
-                    self.tagger.finish(&mut self.out);
+                    self.tagger.finish(stream, &mut self.out);
                     self.deliver();
                     if let Some(c) = self.child.as_mut() {
-                        c.pipe = None;
+                        c.pipes[stream as usize] = None;
                     }
                     return;
                 }
                 Ok(n) => {
-                    self.tagger.feed(&buf[..n], &mut self.out);
+                    self.tagger.feed(stream, &buf[..n], &mut self.out);
                     self.deliver();
                     if !drain {
                         return;
@@ -212,10 +221,10 @@ impl Region {
                     if drain {
                         // The child is gone; what a stray grandchild may still write is not
                         // this instance's output any more. Close and move on.
-                        self.tagger.finish(&mut self.out);
+                        self.tagger.finish(stream, &mut self.out);
                         self.deliver();
                         if let Some(c) = self.child.as_mut() {
-                            c.pipe = None;
+                            c.pipes[stream as usize] = None;
                         }
                     }
                     return;
@@ -223,7 +232,7 @@ impl Region {
                 Err(e) => {
                     output::error(Some(self.name()), &format!("cannot read child output: {e}"), &[]);
                     if let Some(c) = self.child.as_mut() {
-                        c.pipe = None;
+                        c.pipes[stream as usize] = None;
                     }
                     return;
                 }
@@ -288,4 +297,12 @@ impl Region {
             tail: self.tagger.tail(),
         });
     }
+}
+
+/// A pipe for one of a child's streams: (read end, non-blocking and grown; write end).
+fn log_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = sys::pipe_cloexec()?;
+    sys::set_nonblocking(&read)?;
+    sys::grow_pipe(read.as_raw_fd(), PIPE_SIZE);
+    Ok((read, write))
 }
