@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 
@@ -33,6 +34,8 @@ pub const READ_SIZE: usize = 64 * 1024;
 /// Kernel buffer asked for each of a child's pipes: a child's burst of output costs it fewer
 /// waits, and us fewer wake-ups per megabyte.
 const PIPE_SIZE: usize = 1 << 20;
+/// Pause before polling again after `poll` itself failed.
+const POLL_RETRY: Duration = Duration::from_millis(100);
 
 pub enum Msg {
     Spawn {
@@ -93,6 +96,8 @@ pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
         out: Vec::new(),
         deferred: Vec::new(),
         delivered: 0,
+        polled: Vec::new(),
+        poll_failing: false,
     };
     let handle = std::thread::Builder::new().name(name).spawn(move || region.run())?;
     Ok((mailbox, handle))
@@ -117,43 +122,117 @@ struct Region {
     deferred: Vec<Msg>,
     /// `tagger.lines` at the last hand-over.
     delivered: u64,
+    /// `poll`'s answer, reused: one flag per descriptor.
+    polled: Vec<bool>,
+    /// The last `poll` failed (its error was logged once).
+    poll_failing: bool,
+}
+
+/// What `poll` found readable.
+#[derive(Debug, PartialEq)]
+struct Ready {
+    mailbox: bool,
+    /// Indexed by `Stream`.
+    pipes: [bool; 2],
+}
+
+impl Ready {
+    /// From `poll`'s flags for the mailbox and then the pipes of `streams`. After a failed
+    /// `poll` the flags say nothing (they may be stale or missing), so everything may be ready.
+    fn from_poll(ok: bool, flags: &[bool], streams: &[Stream]) -> Ready {
+        if !ok {
+            return Ready { mailbox: true, pipes: [true; 2] };
+        }
+        let mut ready = Ready { mailbox: flags.first() == Some(&true), pipes: [false; 2] };
+        for (i, &stream) in streams.iter().enumerate() {
+            ready.pipes[stream as usize] = flags.get(1 + i) == Some(&true);
+        }
+        ready
+    }
 }
 
 impl Region {
     fn run(mut self) {
         let mut buf = vec![0u8; READ_SIZE];
-        let mut ready = Vec::new();
         loop {
-            let streams: Vec<Stream> = Stream::BOTH.into_iter().filter(|&s| self.pipe(s).is_some()).collect();
-            let mut fds = vec![self.mailbox.wake.raw()];
-            fds.extend(streams.iter().filter_map(|&s| self.pipe(s)));
-            if let Err(e) = sys::poll_readable(&fds, &mut ready) {
-                output::error(Some(self.name()), &format!("poll failed: {e}"), &[]);
-            }
-            if ready[0] {
+            let ready = self.wait();
+            if ready.mailbox {
                 self.mailbox.wake.clear();
             }
-            let mut msgs: Vec<Msg> = std::mem::take(&mut self.deferred);
-            msgs.extend(self.rx.try_iter());
-            for msg in msgs {
-                match msg {
-                    Msg::Spawn { gen } => self.spawn(gen),
-                    Msg::Exited { status } => self.note_exit(status),
-                    Msg::Quit => return,
-                }
+            if !self.handle_mail() {
+                return;
             }
-            for (i, &stream) in streams.iter().enumerate() {
-                if ready.get(1 + i) == Some(&true) {
+            for stream in Stream::BOTH {
+                if ready.pipes[stream as usize] {
                     self.read_pipe(stream, &mut buf, false);
                 }
             }
-            if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
+            if self.exited() {
                 for stream in Stream::BOTH {
                     self.read_pipe(stream, &mut buf, true);
                 }
                 self.report_exit();
             }
         }
+    }
+
+    /// Sleeps in `poll` until the mailbox or one of the child's pipes is readable.
+    ///
+    /// `poll` retries EINTR itself; any other failure (ENOMEM, say) is logged once per run of
+    /// failures and answered, after `POLL_RETRY`, with "everything may be ready": every
+    /// descriptor here is non-blocking, so looking at each is harmless, and the region goes on
+    /// at the pause's pace (it must not die: with `panic = "abort"` that would be PID 1).
+    fn wait(&mut self) -> Ready {
+        let mut fds = [self.mailbox.wake.raw(); 3];
+        let mut streams = [Stream::Stdout; 2];
+        let mut open = 0;
+        for stream in Stream::BOTH {
+            if let Some(fd) = self.pipe(stream) {
+                (fds[1 + open], streams[open]) = (fd, stream);
+                open += 1;
+            }
+        }
+        let result = sys::poll_readable(&fds[..1 + open], &mut self.polled);
+        match &result {
+            Ok(()) if self.poll_failing => {
+                self.poll_failing = false;
+                output::info(Some(self.name()), "poll works again", &[]);
+            }
+            Err(e) if !self.poll_failing => {
+                self.poll_failing = true;
+                let retry = format!("{}ms", POLL_RETRY.as_millis());
+                output::error(
+                    Some(self.name()),
+                    &format!("poll failed: {e}"),
+                    &[("retry_every", retry.into())],
+                );
+            }
+            _ => {}
+        }
+        if result.is_err() {
+            std::thread::sleep(POLL_RETRY);
+        }
+        Ready::from_poll(result.is_ok(), &self.polled, &streams[..open])
+    }
+
+    /// Acts on the messages deferred while waiting for stdout, then on those waiting in the
+    /// mailbox; false once told to quit.
+    fn handle_mail(&mut self) -> bool {
+        let mut msgs: Vec<Msg> = std::mem::take(&mut self.deferred);
+        msgs.extend(self.rx.try_iter());
+        for msg in msgs {
+            match msg {
+                Msg::Spawn { gen } => self.spawn(gen),
+                Msg::Exited { status } => self.note_exit(status),
+                Msg::Quit => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether the child's exit is known (its pipes may still hold output).
+    fn exited(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| c.status.is_some())
     }
 
     fn name(&self) -> &'static str {
@@ -199,17 +278,9 @@ impl Region {
     /// Reads what `stream`'s pipe has: once (after `poll` said so), or until it is empty
     /// (`drain`, after the child exited). End of file closes the pipe.
     fn read_pipe(&mut self, stream: Stream, buf: &mut [u8], drain: bool) {
-        loop {
-            let Some(fd) = self.pipe(stream) else { return };
+        while let Some(fd) = self.pipe(stream) {
             match sys::read(fd, buf) {
-                Ok(0) => {
-                    self.tagger.finish(stream, &mut self.out);
-                    self.deliver();
-                    if let Some(c) = self.child.as_mut() {
-                        c.pipes[stream as usize] = None;
-                    }
-                    return;
-                }
+                Ok(0) => return self.close(stream),
                 Ok(n) => {
                     self.tagger.feed(stream, &buf[..n], &mut self.out);
                     self.deliver();
@@ -217,31 +288,33 @@ impl Region {
                         return;
                     }
                 }
+                // Drained: the child is gone, and what a stray grandchild may still write is
+                // not this instance's output any more.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if drain {
-                        // The child is gone; what a stray grandchild may still write is not
-                        // this instance's output any more. Close and move on.
-                        self.tagger.finish(stream, &mut self.out);
-                        self.deliver();
-                        if let Some(c) = self.child.as_mut() {
-                            c.pipes[stream as usize] = None;
-                        }
+                        self.close(stream);
                     }
                     return;
                 }
                 Err(e) => {
                     output::error(Some(self.name()), &format!("cannot read child output: {e}"), &[]);
-                    if let Some(c) = self.child.as_mut() {
-                        c.pipes[stream as usize] = None;
-                    }
-                    return;
+                    return self.close(stream);
                 }
             }
         }
     }
 
+    /// Closes `stream`'s pipe, after emitting its last line if that has no newline.
+    fn close(&mut self, stream: Stream) {
+        self.tagger.finish(stream, &mut self.out);
+        self.deliver();
+        if let Some(c) = self.child.as_mut() {
+            c.pipes[stream as usize] = None;
+        }
+    }
+
     /// Hands the tagged lines to the stdout thread. While the child runs, waits for room
-    /// (blocking only this region's pipe) but keeps listening to the mailbox; once the child
+    /// (blocking only this region's pipes) but keeps listening to the mailbox; once the child
     /// has exited, never waits: lines that do not fit are dropped and counted, so a blocked
     /// stdout cannot hold up a restart.
     fn deliver(&mut self) {
@@ -251,17 +324,13 @@ impl Region {
         let lines = self.tagger.lines - self.delivered;
         self.delivered = self.tagger.lines;
         let Some(tokens) = output::line_tokens() else { return };
-        let stats = self.setup.stats.clone();
         loop {
-            if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
+            if self.exited() {
                 match tokens.try_recv() {
-                    Ok(empty) => {
-                        output::send_lines(std::mem::replace(&mut self.out, empty), lines);
-                        stats.lines.fetch_add(lines, Ordering::Relaxed);
-                    }
+                    Ok(empty) => self.hand_over(empty, lines),
                     Err(_) => {
                         self.out.clear();
-                        stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
+                        self.setup.stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
                     }
                 }
                 return;
@@ -272,9 +341,7 @@ impl Region {
             let op = sel.select();
             if op.index() == token {
                 if let Ok(empty) = op.recv(tokens) {
-                    // Send our lines; the token's empty buffer takes their place.
-                    output::send_lines(std::mem::replace(&mut self.out, empty), lines);
-                    stats.lines.fetch_add(lines, Ordering::Relaxed);
+                    self.hand_over(empty, lines);
                 }
                 return;
             }
@@ -287,9 +354,16 @@ impl Region {
         }
     }
 
+    /// Queues our `lines` tagged lines for stdout; the token's empty buffer takes their place.
+    fn hand_over(&mut self, empty: Vec<u8>, lines: u64) {
+        output::send_lines(std::mem::replace(&mut self.out, empty), lines);
+        self.setup.stats.lines.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// Tells the supervisor the child has ended, once its status is known.
     fn report_exit(&mut self) {
-        let Some(child) = self.child.take() else { return };
-        let status = child.status.expect("called once the status is known");
+        let Some(child) = self.child.take_if(|c| c.status.is_some()) else { return };
+        let Some(status) = child.status else { return };
         let _ = self.setup.events.send(Event::Exited {
             region: self.setup.index,
             gen: child.gen,
@@ -305,4 +379,28 @@ fn log_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     sys::set_nonblocking(&read)?;
     sys::grow_pipe(read.as_raw_fd(), PIPE_SIZE);
     Ok((read, write))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_flags_map_to_streams() {
+        let stderr_only = Ready::from_poll(true, &[false, true], &[Stream::Stderr]);
+        assert_eq!(stderr_only, Ready { mailbox: false, pipes: [false, true] });
+        let both = Ready::from_poll(true, &[true, true, false], &Stream::BOTH);
+        assert_eq!(both, Ready { mailbox: true, pipes: [true, false] });
+        assert_eq!(Ready::from_poll(true, &[true], &[]), Ready { mailbox: true, pipes: [false; 2] });
+    }
+
+    #[test]
+    fn a_failed_poll_means_look_at_everything() {
+        // The first `poll` of a thread failing leaves no flags at all; a later one, stale flags.
+        let all = Ready { mailbox: true, pipes: [true; 2] };
+        assert_eq!(Ready::from_poll(false, &[], &Stream::BOTH), all);
+        assert_eq!(Ready::from_poll(false, &[false, false, false], &Stream::BOTH), all);
+        // Flags missing after a success cannot index out of bounds either.
+        assert_eq!(Ready::from_poll(true, &[], &Stream::BOTH), Ready { mailbox: false, pipes: [false; 2] });
+    }
 }
