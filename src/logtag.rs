@@ -24,6 +24,17 @@ pub const TAIL_LINES: usize = 10;
 /// Longest tail line kept (bytes); the report is for a human, not a replay.
 const TAIL_LINE_MAX: usize = 1024;
 
+/// The child's two output streams, each framed into lines on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    pub const BOTH: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+}
+
 pub struct Tagger {
     region: &'static str,
     /// `[<region>] ` and `{"region":"<region>"`, the starts of tagged lines.
@@ -31,8 +42,9 @@ pub struct Tagger {
     object_prefix: Vec<u8>,
     format: LogFormat,
     max_line: usize,
-    /// The start of a line whose newline has not arrived yet; never longer than `max_line`.
-    pending: Vec<u8>,
+    /// Per stream, the start of a line whose newline has not arrived yet; never longer than
+    /// `max_line`. The streams are framed apart, so a line of one never joins the other's.
+    pending: [Vec<u8>; 2],
     tail: Tail,
     /// The JSON scanner's working memory, kept to avoid allocations per line.
     scratch: json::Scratch,
@@ -50,7 +62,7 @@ impl Tagger {
             object_prefix: format!("{{\"region\":{}", serde_json::Value::from(region)).into_bytes(),
             format,
             max_line: max_line.max(4),
-            pending: Vec::new(),
+            pending: [Vec::new(), Vec::new()],
             tail: Tail::default(),
             scratch: json::Scratch::default(),
             now: String::new(),
@@ -58,8 +70,10 @@ impl Tagger {
         }
     }
 
-    /// Tags every complete line of `data` into `out`; keeps an unfinished last line pending.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+    /// Tags every complete line of `data`, read from `stream`, into `out`; keeps an unfinished
+    /// last line pending for that stream.
+    pub fn feed(&mut self, stream: Stream, data: &[u8], out: &mut Vec<u8>) {
+        let s = stream as usize;
         if self.format == LogFormat::Json {
             self.now = rfc3339(SystemTime::now());
         }
@@ -68,11 +82,11 @@ impl Tagger {
         while !rest.is_empty() {
             match memchr::memchr(b'\n', rest) {
                 Some(i) => {
-                    self.segment(&rest[..i], true, out);
+                    self.segment(s, &rest[..i], true, out);
                     rest = &rest[i + 1..];
                 }
                 None => {
-                    self.segment(rest, false, out);
+                    self.segment(s, rest, false, out);
                     rest = &[];
                 }
             }
@@ -80,16 +94,17 @@ impl Tagger {
         self.tail.end(data);
     }
 
-    /// The output ended: a last line without newline is still a line.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.pending.is_empty() {
+    /// `stream` ended: its last line without newline is still a line.
+    pub fn finish(&mut self, stream: Stream, out: &mut Vec<u8>) {
+        let s = stream as usize;
+        if !self.pending[s].is_empty() {
             if self.format == LogFormat::Json {
                 self.now = rfc3339(SystemTime::now());
             }
-            let line = std::mem::take(&mut self.pending);
+            let line = std::mem::take(&mut self.pending[s]);
             self.emit(&line, out);
-            self.pending = line;
-            self.pending.clear();
+            self.pending[s] = line;
+            self.pending[s].clear();
         }
     }
 
@@ -99,27 +114,27 @@ impl Tagger {
     }
 
     /// A run of bytes without newline; `terminated` if a newline followed it.
-    fn segment(&mut self, mut seg: &[u8], terminated: bool, out: &mut Vec<u8>) {
+    fn segment(&mut self, s: usize, mut seg: &[u8], terminated: bool, out: &mut Vec<u8>) {
         // Complete a pending line first, emitting it in pieces while it overflows.
-        while !self.pending.is_empty() {
-            let room = self.max_line - self.pending.len();
+        while !self.pending[s].is_empty() {
+            let room = self.max_line - self.pending[s].len();
             if seg.len() <= room {
-                self.pending.extend_from_slice(seg);
+                self.pending[s].extend_from_slice(seg);
                 if terminated {
-                    let line = std::mem::take(&mut self.pending);
+                    let line = std::mem::take(&mut self.pending[s]);
                     self.emit(&line, out);
-                    self.pending = line;
-                    self.pending.clear();
+                    self.pending[s] = line;
+                    self.pending[s].clear();
                 }
                 return;
             }
-            self.pending.extend_from_slice(&seg[..room]);
+            self.pending[s].extend_from_slice(&seg[..room]);
             seg = &seg[room..];
-            let cut = char_cut(&self.pending, seg[0]);
-            let piece = std::mem::take(&mut self.pending);
+            let cut = char_cut(&self.pending[s], seg[0]);
+            let piece = std::mem::take(&mut self.pending[s]);
             self.emit(&piece[..cut], out);
-            self.pending = piece;
-            self.pending.drain(..cut);
+            self.pending[s] = piece;
+            self.pending[s].drain(..cut);
         }
         while seg.len() > self.max_line {
             let cut = char_cut(&seg[..self.max_line], seg[self.max_line]);
@@ -129,7 +144,7 @@ impl Tagger {
         if terminated {
             self.emit(seg, out);
         } else {
-            self.pending.extend_from_slice(seg);
+            self.pending[s].extend_from_slice(seg);
         }
     }
 
@@ -1032,8 +1047,8 @@ mod tests {
     fn tag(format: LogFormat, max: usize, input: &[u8]) -> String {
         let mut t = Tagger::new("us-east-1", format, max);
         let mut out = Vec::new();
-        t.feed(input, &mut out);
-        t.finish(&mut out);
+        t.feed(Stream::Stdout, input, &mut out);
+        t.finish(Stream::Stdout, &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
 
@@ -1160,7 +1175,7 @@ mod tests {
         let mut t = Tagger::new("us-east-1", LogFormat::Inject, 100);
         let mut out = Vec::new();
         for b in exact.as_bytes() {
-            t.feed(std::slice::from_ref(b), &mut out);
+            t.feed(Stream::Stdout, std::slice::from_ref(b), &mut out);
         }
         assert_eq!(out.split(|&b| b == b'\n').count() - 1, 1);
     }
@@ -1184,11 +1199,44 @@ mod tests {
             let mut t = Tagger::new("us-east-1", LogFormat::Inject, 64);
             let mut out = Vec::new();
             for chunk in input.chunks(step) {
-                t.feed(chunk, &mut out);
+                t.feed(Stream::Stdout, chunk, &mut out);
             }
-            t.finish(&mut out);
+            t.finish(Stream::Stdout, &mut out);
             assert_eq!(String::from_utf8_lossy(&out), whole, "step {step}");
         }
+    }
+
+    #[test]
+    fn streams_are_framed_apart() {
+        let stdout: Vec<u8> =
+            (0..300).flat_map(|i| format!("out {i} {}\n", "o".repeat(i % 90)).into_bytes()).collect();
+        let stderr: Vec<u8> = (0..300)
+            .flat_map(|i| format!("{{\"err\":{i},\"e\":\"{}\"}}\n", "e".repeat(i % 70)).into_bytes())
+            .collect();
+        let (stdout, stderr) = (&stdout[..stdout.len() - 1], &stderr[..stderr.len() - 1]); // no final newlines
+        let mut t = Tagger::new("us-east-1", LogFormat::Inject, 64);
+        let mut out = Vec::new();
+        let (mut a, mut b, mut step) = (stdout, stderr, 1);
+        while !a.is_empty() || !b.is_empty() {
+            step = step * 7 % 61 + 1;
+            let (n, m) = (step.min(a.len()), (step / 2 + 1).min(b.len()));
+            t.feed(Stream::Stdout, &a[..n], &mut out);
+            t.feed(Stream::Stderr, &b[..m], &mut out);
+            (a, b) = (&a[n..], &b[m..]);
+        }
+        t.finish(Stream::Stdout, &mut out);
+        t.finish(Stream::Stderr, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        // Every piece of a stderr line has a byte that stdout's lines never have.
+        let of_stdout = |l: &&str| {
+            l.strip_prefix("[us-east-1] ").is_some_and(|b| b.bytes().all(|c| b"out 0123456789".contains(&c)))
+        };
+        let (from_out, from_err): (Vec<&str>, Vec<&str>) = out.lines().partition(of_stdout);
+        let alone =
+            |data: &[u8]| tag(LogFormat::Inject, 64, data).lines().map(String::from).collect::<Vec<_>>();
+        assert_eq!(from_out, alone(stdout));
+        assert_eq!(from_err, alone(stderr));
+        assert_eq!(t.lines as usize, from_out.len() + from_err.len());
     }
 
     #[test]
@@ -1196,7 +1244,7 @@ mod tests {
         let mut t = Tagger::new("us-east-1", LogFormat::Inject, 1024);
         let mut out = Vec::new();
         let input: String = (0..25).map(|i| format!("line {i}\n")).collect();
-        t.feed(input.as_bytes(), &mut out);
+        t.feed(Stream::Stderr, input.as_bytes(), &mut out);
         let tail = t.tail();
         assert_eq!(tail.len(), TAIL_LINES);
         assert_eq!(tail[0], "line 15");
@@ -1350,11 +1398,11 @@ mod properties {
             let mut rest = &input[..];
             while !rest.is_empty() {
                 let n = (1 + rng.below(700) as usize).min(rest.len());
-                t.feed(&rest[..n], &mut out);
-                assert!(t.pending.len() <= max, "seed {seed}: pending grew past max_line");
+                t.feed(Stream::Stdout, &rest[..n], &mut out);
+                assert!(t.pending[0].len() <= max, "seed {seed}: pending grew past max_line");
                 rest = &rest[n..];
             }
-            t.finish(&mut out);
+            t.finish(Stream::Stdout, &mut out);
 
             let expected = model_lines(&input, max);
             let got: Vec<&[u8]> =

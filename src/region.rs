@@ -1,25 +1,28 @@
-//! One thread per region: it spawns the region's child, owns its log pipe and tags every line,
-//! and reports the child's start and end to the supervisor.
+//! One thread per region: it spawns the region's child, owns its two log pipes (stdout and
+//! stderr) and tags every line, and reports the child's start and end to the supervisor.
 //!
 //! The thread lives until the supervisor has stopped every child, because the child's
-//! parent-death signal fires when the *spawning thread* exits. It sleeps in `poll` on two
-//! descriptors: the child's pipe and its mailbox's eventfd (the supervisor's commands and the
-//! reaper's exit notice arrive on a channel, and the eventfd makes them wake `poll`).
+//! parent-death signal fires when the *spawning thread* exits. It sleeps in `poll` on up to
+//! three descriptors: the child's two pipes and its mailbox's eventfd (the supervisor's
+//! commands and the reaper's exit notice arrive on a channel, and the eventfd makes them wake
+//! `poll`). Each pipe is framed into lines on its own (`Tagger` keeps a partial line per
+//! stream), so a line begun on one stream never joins a line of the other.
 //!
-//! Ordering invariant: `Event::Exited` is sent only after every byte the child left in its pipe
-//! has been tagged and handed to stdout, so the supervisor's view (and the tail of lines in a
-//! give-up report) is complete when it acts. End of file and exit are separate: a grandchild
-//! may keep the pipe open after the child died, and a child may close it and live on.
+//! Ordering invariant: `Event::Exited` is sent only after every byte the child left in both
+//! pipes has been tagged and handed to stdout, so the supervisor's view (and the tail of lines
+//! in a give-up report) is complete when it acts. End of file and exit are separate: a
+//! grandchild may keep a pipe open after the child died, and a child may close one and live on.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 
 use crate::config::{LogFormat, RegionPlan};
-use crate::logtag::Tagger;
+use crate::logtag::{Stream, Tagger};
 use crate::output;
 use crate::policy::Event;
 use crate::reaper::Registry;
@@ -28,9 +31,11 @@ use crate::sys::{self, EventFd, ExitStatus};
 
 /// Bytes read from a child's pipe at a time.
 pub const READ_SIZE: usize = 64 * 1024;
-/// Kernel buffer asked for a child's pipe: a child's burst of output costs it fewer waits,
-/// and us fewer wake-ups per megabyte.
+/// Kernel buffer asked for each of a child's pipes: a child's burst of output costs it fewer
+/// waits, and us fewer wake-ups per megabyte.
 const PIPE_SIZE: usize = 1 << 20;
+/// Pause before polling again after `poll` itself failed.
+const POLL_RETRY: Duration = Duration::from_millis(100);
 
 pub enum Msg {
     Spawn {
@@ -91,6 +96,8 @@ pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
         out: Vec::new(),
         deferred: Vec::new(),
         delivered: 0,
+        polled: Vec::new(),
+        poll_failing: false,
     };
     let handle = std::thread::Builder::new().name(name).spawn(move || region.run())?;
     Ok((mailbox, handle))
@@ -98,7 +105,8 @@ pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
 
 struct Child {
     gen: u64,
-    pipe: Option<OwnedFd>,
+    /// Read ends of the child's stdout and stderr, indexed by `Stream`; `None` once closed.
+    pipes: [Option<OwnedFd>; 2],
     status: Option<ExitStatus>,
 }
 
@@ -114,64 +122,146 @@ struct Region {
     deferred: Vec<Msg>,
     /// `tagger.lines` at the last hand-over.
     delivered: u64,
+    /// `poll`'s answer, reused: one flag per descriptor.
+    polled: Vec<bool>,
+    /// The last `poll` failed (its error was logged once).
+    poll_failing: bool,
+}
+
+/// What `poll` found readable.
+#[derive(Debug, PartialEq)]
+struct Ready {
+    mailbox: bool,
+    /// Indexed by `Stream`.
+    pipes: [bool; 2],
+}
+
+impl Ready {
+    /// From `poll`'s flags for the mailbox and then the pipes of `streams`. After a failed
+    /// `poll` the flags say nothing (they may be stale or missing), so everything may be ready.
+    fn from_poll(ok: bool, flags: &[bool], streams: &[Stream]) -> Ready {
+        if !ok {
+            return Ready { mailbox: true, pipes: [true; 2] };
+        }
+        let mut ready = Ready { mailbox: flags.first() == Some(&true), pipes: [false; 2] };
+        for (i, &stream) in streams.iter().enumerate() {
+            ready.pipes[stream as usize] = flags.get(1 + i) == Some(&true);
+        }
+        ready
+    }
 }
 
 impl Region {
     fn run(mut self) {
         let mut buf = vec![0u8; READ_SIZE];
-        let mut ready = Vec::new();
         loop {
-            let pipe = self.child.as_ref().and_then(|c| c.pipe.as_ref()).map(|p| p.as_raw_fd());
-            let mut fds = vec![self.mailbox.wake.raw()];
-            fds.extend(pipe);
-            if let Err(e) = sys::poll_readable(&fds, &mut ready) {
-                output::error(Some(self.name()), &format!("poll failed: {e}"), &[]);
-            }
-            if ready[0] {
+            let ready = self.wait();
+            if ready.mailbox {
                 self.mailbox.wake.clear();
             }
-            let mut msgs: Vec<Msg> = std::mem::take(&mut self.deferred);
-            msgs.extend(self.rx.try_iter());
-            for msg in msgs {
-                match msg {
-                    Msg::Spawn { gen } => self.spawn(gen),
-                    Msg::Exited { status } => self.note_exit(status),
-                    Msg::Quit => return,
+            if !self.handle_mail() {
+                return;
+            }
+            for stream in Stream::BOTH {
+                if ready.pipes[stream as usize] {
+                    self.read_pipe(stream, &mut buf, false);
                 }
             }
-            if ready.get(1) == Some(&true) {
-                self.read_pipe(&mut buf, false);
-            }
-            if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
-                self.read_pipe(&mut buf, true);
+            if self.exited() {
+                for stream in Stream::BOTH {
+                    self.read_pipe(stream, &mut buf, true);
+                }
                 self.report_exit();
             }
         }
+    }
+
+    /// Sleeps in `poll` until the mailbox or one of the child's pipes is readable.
+    ///
+    /// `poll` retries EINTR itself; any other failure (ENOMEM, say) is logged once per run of
+    /// failures and answered, after `POLL_RETRY`, with "everything may be ready": every
+    /// descriptor here is non-blocking, so looking at each is harmless, and the region goes on
+    /// at the pause's pace (it must not die: with `panic = "abort"` that would be PID 1).
+    fn wait(&mut self) -> Ready {
+        let mut fds = [self.mailbox.wake.raw(); 3];
+        let mut streams = [Stream::Stdout; 2];
+        let mut open = 0;
+        for stream in Stream::BOTH {
+            if let Some(fd) = self.pipe(stream) {
+                (fds[1 + open], streams[open]) = (fd, stream);
+                open += 1;
+            }
+        }
+        let result = sys::poll_readable(&fds[..1 + open], &mut self.polled);
+        match &result {
+            Ok(()) if self.poll_failing => {
+                self.poll_failing = false;
+                output::info(Some(self.name()), "poll works again", &[]);
+            }
+            Err(e) if !self.poll_failing => {
+                self.poll_failing = true;
+                let retry = format!("{}ms", POLL_RETRY.as_millis());
+                output::error(
+                    Some(self.name()),
+                    &format!("poll failed: {e}"),
+                    &[("retry_every", retry.into())],
+                );
+            }
+            _ => {}
+        }
+        if result.is_err() {
+            std::thread::sleep(POLL_RETRY);
+        }
+        Ready::from_poll(result.is_ok(), &self.polled, &streams[..open])
+    }
+
+    /// Acts on the messages deferred while waiting for stdout, then on those waiting in the
+    /// mailbox; false once told to quit.
+    fn handle_mail(&mut self) -> bool {
+        let mut msgs: Vec<Msg> = std::mem::take(&mut self.deferred);
+        msgs.extend(self.rx.try_iter());
+        for msg in msgs {
+            match msg {
+                Msg::Spawn { gen } => self.spawn(gen),
+                Msg::Exited { status } => self.note_exit(status),
+                Msg::Quit => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether the child's exit is known (its pipes may still hold output).
+    fn exited(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| c.status.is_some())
     }
 
     fn name(&self) -> &'static str {
         self.setup.plan.name
     }
 
+    /// The open read end of the child's `stream`, if there is one.
+    fn pipe(&self, stream: Stream) -> Option<RawFd> {
+        self.child.as_ref().and_then(|c| c.pipes[stream as usize].as_ref()).map(|p| p.as_raw_fd())
+    }
+
     fn spawn(&mut self, gen: u64) {
         let result = (|| {
-            let (read, write) = sys::pipe_cloexec()?;
-            sys::set_nonblocking(&read)?;
-            sys::grow_pipe(read.as_raw_fd(), PIPE_SIZE);
-            let mut cmd = spawn::command(&self.setup.plan, write, sys::getpid())?;
+            let (out_read, out_write) = log_pipe()?;
+            let (err_read, err_write) = log_pipe()?;
+            let mut cmd = spawn::command(&self.setup.plan, out_write, err_write, sys::getpid());
             let mailbox = self.mailbox.clone();
             let child = self
                 .setup
                 .registry
                 .spawn(&mut cmd, Box::new(move |status| mailbox.send(Msg::Exited { status })))?;
-            // `cmd` still holds our copies of the pipe's write end: drop it, or the pipe
+            // `cmd` still holds our copies of the pipes' write ends: drop it, or the pipes
             // would never reach end of file.
             drop(cmd);
-            Ok::<_, std::io::Error>((child.id() as i32, read))
+            Ok::<_, std::io::Error>((child.id() as i32, [Some(out_read), Some(err_read)]))
         })();
         let event = match result {
-            Ok((pid, read)) => {
-                self.child = Some(Child { gen, pipe: Some(read), status: None });
+            Ok((pid, pipes)) => {
+                self.child = Some(Child { gen, pipes, status: None });
                 Event::Started { region: self.setup.index, gen, pid }
             }
             Err(e) => Event::SpawnFailed { region: self.setup.index, gen, error: e.to_string() },
@@ -185,54 +275,46 @@ impl Region {
         }
     }
 
-    /// Reads what the pipe has: once (after `poll` said so), or until it is empty (`drain`,
-    /// after the child exited). End of file closes the pipe.
-    fn read_pipe(&mut self, buf: &mut [u8], drain: bool) {
-        loop {
-            let Some(fd) = self.child.as_ref().and_then(|c| c.pipe.as_ref()).map(|p| p.as_raw_fd()) else {
-                return;
-            };
+    /// Reads what `stream`'s pipe has: once (after `poll` said so), or until it is empty
+    /// (`drain`, after the child exited). End of file closes the pipe.
+    fn read_pipe(&mut self, stream: Stream, buf: &mut [u8], drain: bool) {
+        while let Some(fd) = self.pipe(stream) {
             match sys::read(fd, buf) {
-                Ok(0) => {
-                    self.tagger.finish(&mut self.out);
-                    self.deliver();
-                    if let Some(c) = self.child.as_mut() {
-                        c.pipe = None;
-                    }
-                    return;
-                }
+                Ok(0) => return self.close(stream),
                 Ok(n) => {
-                    self.tagger.feed(&buf[..n], &mut self.out);
+                    self.tagger.feed(stream, &buf[..n], &mut self.out);
                     self.deliver();
                     if !drain {
                         return;
                     }
                 }
+                // Drained: the child is gone, and what a stray grandchild may still write is
+                // not this instance's output any more.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if drain {
-                        // The child is gone; what a stray grandchild may still write is not
-                        // this instance's output any more. Close and move on.
-                        self.tagger.finish(&mut self.out);
-                        self.deliver();
-                        if let Some(c) = self.child.as_mut() {
-                            c.pipe = None;
-                        }
+                        self.close(stream);
                     }
                     return;
                 }
                 Err(e) => {
                     output::error(Some(self.name()), &format!("cannot read child output: {e}"), &[]);
-                    if let Some(c) = self.child.as_mut() {
-                        c.pipe = None;
-                    }
-                    return;
+                    return self.close(stream);
                 }
             }
         }
     }
 
+    /// Closes `stream`'s pipe, after emitting its last line if that has no newline.
+    fn close(&mut self, stream: Stream) {
+        self.tagger.finish(stream, &mut self.out);
+        self.deliver();
+        if let Some(c) = self.child.as_mut() {
+            c.pipes[stream as usize] = None;
+        }
+    }
+
     /// Hands the tagged lines to the stdout thread. While the child runs, waits for room
-    /// (blocking only this region's pipe) but keeps listening to the mailbox; once the child
+    /// (blocking only this region's pipes) but keeps listening to the mailbox; once the child
     /// has exited, never waits: lines that do not fit are dropped and counted, so a blocked
     /// stdout cannot hold up a restart.
     fn deliver(&mut self) {
@@ -242,17 +324,13 @@ impl Region {
         let lines = self.tagger.lines - self.delivered;
         self.delivered = self.tagger.lines;
         let Some(tokens) = output::line_tokens() else { return };
-        let stats = self.setup.stats.clone();
         loop {
-            if self.child.as_ref().is_some_and(|c| c.status.is_some()) {
+            if self.exited() {
                 match tokens.try_recv() {
-                    Ok(empty) => {
-                        output::send_lines(std::mem::replace(&mut self.out, empty), lines);
-                        stats.lines.fetch_add(lines, Ordering::Relaxed);
-                    }
+                    Ok(empty) => self.hand_over(empty, lines),
                     Err(_) => {
                         self.out.clear();
-                        stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
+                        self.setup.stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
                     }
                 }
                 return;
@@ -263,9 +341,7 @@ impl Region {
             let op = sel.select();
             if op.index() == token {
                 if let Ok(empty) = op.recv(tokens) {
-                    // Send our lines; the token's empty buffer takes their place.
-                    output::send_lines(std::mem::replace(&mut self.out, empty), lines);
-                    stats.lines.fetch_add(lines, Ordering::Relaxed);
+                    self.hand_over(empty, lines);
                 }
                 return;
             }
@@ -278,14 +354,53 @@ impl Region {
         }
     }
 
+    /// Queues our `lines` tagged lines for stdout; the token's empty buffer takes their place.
+    fn hand_over(&mut self, empty: Vec<u8>, lines: u64) {
+        output::send_lines(std::mem::replace(&mut self.out, empty), lines);
+        self.setup.stats.lines.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// Tells the supervisor the child has ended, once its status is known.
     fn report_exit(&mut self) {
-        let Some(child) = self.child.take() else { return };
-        let status = child.status.expect("called once the status is known");
+        let Some(child) = self.child.take_if(|c| c.status.is_some()) else { return };
+        let Some(status) = child.status else { return };
         let _ = self.setup.events.send(Event::Exited {
             region: self.setup.index,
             gen: child.gen,
             status,
             tail: self.tagger.tail(),
         });
+    }
+}
+
+/// A pipe for one of a child's streams: (read end, non-blocking and grown; write end).
+fn log_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = sys::pipe_cloexec()?;
+    sys::set_nonblocking(&read)?;
+    sys::grow_pipe(read.as_raw_fd(), PIPE_SIZE);
+    Ok((read, write))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_flags_map_to_streams() {
+        let stderr_only = Ready::from_poll(true, &[false, true], &[Stream::Stderr]);
+        assert_eq!(stderr_only, Ready { mailbox: false, pipes: [false, true] });
+        let both = Ready::from_poll(true, &[true, true, false], &Stream::BOTH);
+        assert_eq!(both, Ready { mailbox: true, pipes: [true, false] });
+        assert_eq!(Ready::from_poll(true, &[true], &[]), Ready { mailbox: true, pipes: [false; 2] });
+    }
+
+    #[test]
+    fn a_failed_poll_means_look_at_everything() {
+        // The first `poll` of a thread failing leaves no flags at all; a later one, stale flags.
+        let all = Ready { mailbox: true, pipes: [true; 2] };
+        assert_eq!(Ready::from_poll(false, &[], &Stream::BOTH), all);
+        assert_eq!(Ready::from_poll(false, &[false, false, false], &Stream::BOTH), all);
+        // Flags missing after a success cannot index out of bounds either.
+        assert_eq!(Ready::from_poll(true, &[], &Stream::BOTH), Ready { mailbox: false, pipes: [false; 2] });
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Called by the region thread, which then spawns it through `reaper::Registry::spawn`. The
 //! child gets: the supervisor's whole environment plus its region and port; /dev/null as
-//! stdin; one pipe as both stdout and stderr (so its lines keep their order); its own process
+//! stdin; a pipe of its own for stdout and another for stderr (so a partial line on one is
+//! never joined with a line of the other; SPEC "Logs"); its own process
 //! group (so a stop reaches its helpers too); a parent-death signal. It inherits no other
 //! descriptor: everything the supervisor opens is close-on-exec, and `main` marks whatever
 //! it inherited close-on-exec before any thread starts.
@@ -22,8 +23,9 @@ const DEFAULT_ENV: [(&str, &str); 3] = [
     ("FINFOCUS_LOG_LEVEL", "info"),
 ];
 
-/// `output` is the write end of the region's log pipe; it becomes fd 1 and fd 2.
-pub fn command(plan: &RegionPlan, output: OwnedFd, supervisor_pid: i32) -> std::io::Result<Command> {
+/// `stdout` and `stderr` are the write ends of the region's two log pipes; they become fd 1
+/// and fd 2.
+pub fn command(plan: &RegionPlan, stdout: OwnedFd, stderr: OwnedFd, supervisor_pid: i32) -> Command {
     let mut cmd = Command::new(&plan.argv[0]);
     cmd.args(&plan.argv[1..]);
     let port = plan.child_port.to_string();
@@ -33,12 +35,12 @@ pub fn command(plan: &RegionPlan, output: OwnedFd, supervisor_pid: i32) -> std::
             cmd.env(key, value);
         }
     }
-    cmd.stdin(Stdio::null()).stdout(output.try_clone()?).stderr(output);
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     cmd.process_group(0);
     // SAFETY: the closure only makes async-signal-safe syscalls on an integer captured
     // before the fork (see `sys::child_pre_exec`).
     unsafe {
         cmd.pre_exec(move || sys::child_pre_exec(supervisor_pid));
     }
-    Ok(cmd)
+    cmd
 }

@@ -20,6 +20,7 @@
 //! | `STANDIN_REPLAY=<file>` | copy the file to stdout once, 128 KiB per write as `cat` does (benchmarks) |
 //! | `STANDIN_LONG_LINE=<bytes>` | write one line of that many bytes to stdout, then `after long line` |
 //! | `STANDIN_TRICKY_LOGS=1` | write edge-case lines: invalid UTF-8, NUL, CRLF, a `region` key, a long line, no final newline |
+//! | `STANDIN_SPLIT_LINES=1` | begin a line on stdout (`partial-`), write a JSON line on stderr, end the stdout line (`rest`), then leave `final words` on stdout without newline (the shutdown lines on stderr follow it) |
 //! | `STANDIN_ORPHANS=<n>` | fork n grandchildren whose parent exits at once (zombies for PID 1) |
 //! | `STANDIN_NO_METRICS=1` | `/metrics` answers 404 |
 //! | `STANDIN_SERIES=<n>` | add n extra series to `/metrics` |
@@ -119,6 +120,9 @@ fn main() {
     }
     if mode("STANDIN_TRICKY_LOGS").is_some() {
         tricky_logs(&region);
+    }
+    if mode("STANDIN_SPLIT_LINES").is_some() {
+        split_lines();
     }
     // Bulk output runs beside the HTTP server, so the plugin is ready while it writes.
     let spew_lines = mode("STANDIN_SPEW").and_then(|v| v.parse::<u64>().ok());
@@ -277,6 +281,18 @@ fn tricky_logs(region: &str) {
     }
     let _ = err.write_all(b"no final newline");
     let _ = err.write_all(b"\n");
+}
+
+/// Lines of the two streams that a shared pipe would join: a stdout line with a whole stderr
+/// line written in its middle, and a last stdout line without newline that the stderr lines
+/// of the shutdown follow.
+fn split_lines() {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(b"partial-");
+    let _ = out.flush();
+    let _ = std::io::stderr().write_all(b"{\"level\":\"info\",\"message\":\"from stderr\"}\n");
+    let _ = out.write_all(b"rest\nfinal words");
+    let _ = out.flush();
 }
 
 fn spew(n: u64) {

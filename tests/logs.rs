@@ -222,3 +222,31 @@ fn a_huge_line_without_newline_keeps_memory_bounded() {
     let pieces = sup.lines().iter().filter(|l| l.starts_with("[us-east-1] xxxx")).count() as u64;
     assert_eq!(pieces, SIZE.div_ceil(64 * 1024));
 }
+
+#[test]
+fn stdout_and_stderr_are_framed_separately() {
+    let mut sup = Sup::start(&[("SUPERVISOR_REGIONS", "us-east-1"), ("STANDIN_SPLIT_LINES", "1")]);
+    // A stderr line written while a stdout line was open stays whole, and so does the line.
+    let from_stderr = "{\"region\":\"us-east-1\",\"level\":\"info\",\"message\":\"from stderr\"}";
+    sup.wait_for("both halves of the split lines", LIMIT, |s| {
+        let lines = s.lines();
+        lines.iter().any(|l| l == from_stderr) && lines.iter().any(|l| l == "[us-east-1] partial-rest")
+    });
+    // A last stdout line without newline, then the stderr lines of the shutdown: the stdout
+    // line is flushed on its own when its stream ends, and the stderr lines stay JSON.
+    sup.signal(libc::SIGTERM);
+    assert_eq!(exit_code(sup.wait_exit(LIMIT)), Some(0));
+    let lines = sup.lines();
+    assert!(lines.iter().any(|l| l == "[us-east-1] final words"), "{lines:#?}");
+    let child_says = |message: &str| {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["region"] == "us-east-1" && v["plugin"] == "aws-public" && v["message"] == message)
+    };
+    assert!(child_says("signal received") && child_says("shutting down"), "{lines:#?}");
+    for line in &lines {
+        assert!(!line.contains("partial-{") && !line.contains("words{"), "joined: {line:?}");
+        assert!(line.starts_with("[us-east-1] ") || serde_json::from_str::<Value>(line).is_ok(), "{line:?}");
+    }
+}
