@@ -438,6 +438,14 @@ pub fn connect_loopback(port: u16) -> io::Result<(OwnedFd, bool)> {
     }
 }
 
+/// Whether a connecting socket has finished connecting (or failed) by now, without waiting:
+/// a connect on loopback has usually completed by the time connect(2) returns.
+pub fn connect_done(fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one live pollfd, a zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
+}
+
 /// The pending error of a socket (SO_ERROR), which also clears it.
 pub fn socket_error(fd: RawFd) -> Option<io::Error> {
     let mut err: libc::c_int = 0;

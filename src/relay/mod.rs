@@ -413,6 +413,12 @@ impl Relay {
     fn connect(&mut self, slot: usize, now: Instant) {
         match sys::connect_loopback(self.child_port) {
             Ok((child, true)) => self.opened(slot, child, now),
+            Ok((child, false)) if sys::connect_done(child.as_raw_fd()) => {
+                match sys::socket_error(child.as_raw_fd()) {
+                    None => self.opened(slot, child, now),
+                    Some(e) => self.connect_failed(slot, e, now),
+                }
+            }
             Ok((child, false)) => {
                 let conn = self.conns[slot].as_mut().expect("live slot");
                 conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
