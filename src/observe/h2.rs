@@ -6,22 +6,18 @@
 //! read incrementally (`Reader`): frame headers are gathered 9 bytes at a time, DATA and other
 //! payloads are skipped by length, never copied; only header blocks (HEADERS or PUSH_PROMISE and
 //! their CONTINUATION frames, padding and priority removed) are gathered, each into one reused
-//! buffer of at most `MAX_BLOCK` bytes, and decoded with `loona-hpack` to keep both HPACK
-//! tables in step and read `:path`, `:status` and `grpc-status`.
+//! buffer of at most `MAX_BLOCK` bytes, and decoded (`hpack`) to keep both HPACK tables in
+//! step and read `:path`, `:status` and `grpc-status`.
 //!
 //! Bounds, per connection: a header block over `MAX_BLOCK`, a dynamic table over `MAX_TABLE`
-//! (the peer's SETTINGS_HEADER_TABLE_SIZE, capped), more than `MAX_STREAMS` streams open at
-//! once, or Huffman strings beyond the `HUFFMAN_*` budget stop the counting for the connection
-//! (one parse failure). The budget exists because the HPACK crate builds its Huffman code table
-//! for every Huffman-coded string it decodes (tens of microseconds each): a peer sending
-//! thousands per block must not stall the relay thread.
+//! (the peer's SETTINGS_HEADER_TABLE_SIZE, capped), or more than `MAX_STREAMS` streams open at
+//! once stop the counting for the connection (one parse failure).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use loona_hpack::Decoder;
-
 use super::grpc::GrpcCode;
+use super::hpack::Decoder;
 use super::stats::{Method, MethodCache, Outcome, Protocol, RequestStats};
 
 /// The client connection preface of HTTP/2 with prior knowledge.
@@ -32,9 +28,6 @@ pub const MAX_BLOCK: usize = 256 * 1024;
 pub const MAX_TABLE: usize = 64 * 1024;
 /// Streams open at once that are tracked; more stops the counting for the connection.
 pub const MAX_STREAMS: usize = 1024;
-/// Huffman-coded strings decoded per connection: a burst, then a rate per second.
-const HUFFMAN_BURST: u64 = 1024;
-const HUFFMAN_PER_SECOND: u64 = 4096;
 /// HPACK's default table size (RFC 7541), in force until SETTINGS change it.
 const DEFAULT_TABLE: usize = 4096;
 /// A block buffer grown past this is given back once its block is decoded.
@@ -350,13 +343,11 @@ struct Stream {
 struct Conn {
     /// Decodes the client's header blocks (the table the child's SETTINGS size), and the
     /// child's (sized by the client's SETTINGS).
-    client_hpack: Decoder<'static>,
-    child_hpack: Decoder<'static>,
+    client_hpack: Decoder,
+    child_hpack: Decoder,
     streams: HashMap<u32, Stream>,
     methods: MethodCache,
     last_client_stream: u32,
-    huffman_tokens: u64,
-    huffman_at: Instant,
 }
 
 pub struct H2 {
@@ -368,12 +359,6 @@ pub struct H2 {
     stopped: bool,
 }
 
-fn decoder() -> Decoder<'static> {
-    let mut d = Decoder::new();
-    d.set_max_allowed_table_size(DEFAULT_TABLE);
-    d
-}
-
 impl H2 {
     pub fn new(now: Instant) -> H2 {
         H2 {
@@ -381,13 +366,11 @@ impl H2 {
             child: Reader::new(now),
             preface: PREFACE.len(),
             conn: Conn {
-                client_hpack: decoder(),
-                child_hpack: decoder(),
+                client_hpack: Decoder::new(DEFAULT_TABLE),
+                child_hpack: Decoder::new(DEFAULT_TABLE),
                 streams: HashMap::new(),
                 methods: MethodCache::default(),
                 last_client_stream: 0,
-                huffman_tokens: HUFFMAN_BURST,
-                huffman_at: now,
             },
             stopped: false,
         }
@@ -442,8 +425,8 @@ impl H2 {
         stats.abandoned(self.conn.streams.len());
         // Give the memory back now: the connection may live on for long, unobserved.
         self.conn.streams = HashMap::new();
-        self.conn.client_hpack = Decoder::new();
-        self.conn.child_hpack = Decoder::new();
+        self.conn.client_hpack = Decoder::new(DEFAULT_TABLE);
+        self.conn.child_hpack = Decoder::new(DEFAULT_TABLE);
         self.client.block = Vec::new();
         self.child.block = Vec::new();
     }
@@ -471,7 +454,6 @@ impl Conn {
     fn event(&mut self, side: Side, ev: Event, now: Instant, stats: &RequestStats) -> Result<(), Malformed> {
         match ev {
             Event::Headers { stream, end_stream, push, block, start } => {
-                self.spend_huffman(block, now)?;
                 let fields = self.decode(side, block, stats)?;
                 match side {
                     Side::Client if push => return Err(Malformed),
@@ -491,8 +473,8 @@ impl Conn {
                 // A side's setting sizes the table of the blocks the other side sends.
                 let allowed = (value as usize).clamp(DEFAULT_TABLE, MAX_TABLE);
                 match side {
-                    Side::Client => self.child_hpack.set_max_allowed_table_size(allowed),
-                    Side::Child => self.client_hpack.set_max_allowed_table_size(allowed),
+                    Side::Client => self.child_hpack.set_allowed(allowed),
+                    Side::Child => self.client_hpack.set_allowed(allowed),
                 }
             }
             Event::Setting { .. } => {}
@@ -571,27 +553,14 @@ impl Conn {
             Side::Child => &mut self.child_hpack,
         };
         decoder
-            .decode_with_cb(block, |name, value| match (side, &*name) {
-                (Side::Client, b":path") => f.method = Some(methods.method(stats, &value)),
-                (Side::Child, b":status") => f.status = status(&value),
-                (Side::Child, b"grpc-status") => f.grpc = Some(GrpcCode::from_status(&value)),
+            .decode(block, &mut |name, value| match (side, name) {
+                (Side::Client, b":path") => f.method = Some(methods.method(stats, value)),
+                (Side::Child, b":status") => f.status = status(value),
+                (Side::Child, b"grpc-status") => f.grpc = Some(GrpcCode::from_status(value)),
                 _ => {}
             })
             .map_err(|_| Malformed)?;
         Ok(f)
-    }
-
-    /// Takes the Huffman-coded strings of `block` from the connection's budget.
-    fn spend_huffman(&mut self, block: &[u8], now: Instant) -> Result<(), Malformed> {
-        let elapsed = now.saturating_duration_since(self.huffman_at);
-        let earned = (elapsed.as_millis() as u64).saturating_mul(HUFFMAN_PER_SECOND) / 1000;
-        if earned > 0 {
-            self.huffman_tokens = (self.huffman_tokens + earned).min(HUFFMAN_BURST);
-            self.huffman_at = now;
-        }
-        let n = huffman_strings(block)?;
-        self.huffman_tokens = self.huffman_tokens.checked_sub(n).ok_or(Malformed)?;
-        Ok(())
     }
 }
 
@@ -602,56 +571,6 @@ fn status(v: &[u8]) -> Option<u16> {
         }
         _ => None,
     }
-}
-
-/// Counts the Huffman-coded strings of a header block by walking its representations (RFC 7541
-/// section 6) without decoding them; a block that does not parse is malformed.
-fn huffman_strings(mut b: &[u8]) -> Result<u64, Malformed> {
-    let mut n = 0;
-    while let Some(&first) = b.first() {
-        if first & 0x80 != 0 {
-            b = integer(b, 7)?.1;
-        } else if first & 0xe0 == 0x20 {
-            b = integer(b, 5)?.1;
-        } else {
-            let (index, rest) = integer(b, if first & 0x40 != 0 { 6 } else { 4 })?;
-            b = rest;
-            if index == 0 {
-                b = string(b, &mut n)?;
-            }
-            b = string(b, &mut n)?;
-        }
-    }
-    Ok(n)
-}
-
-/// An HPACK integer with an `n`-bit prefix (at most 4 continuation bytes, as the decoder
-/// takes), and what follows it.
-fn integer(b: &[u8], n: u32) -> Result<(u64, &[u8]), Malformed> {
-    let mask = (1u64 << n) - 1;
-    let first = *b.first().ok_or(Malformed)? as u64 & mask;
-    if first < mask {
-        return Ok((first, &b[1..]));
-    }
-    let mut value = first;
-    for (i, &c) in b[1..].iter().take(4).enumerate() {
-        value += u64::from(c & 0x7f) << (7 * i);
-        if c & 0x80 == 0 {
-            return Ok((value, &b[i + 2..]));
-        }
-    }
-    Err(Malformed)
-}
-
-fn string<'a>(b: &'a [u8], huffman: &mut u64) -> Result<&'a [u8], Malformed> {
-    let coded = b.first().ok_or(Malformed)? & 0x80 != 0;
-    let (len, rest) = integer(b, 7)?;
-    let len = usize::try_from(len).map_err(|_| Malformed)?;
-    if len > rest.len() {
-        return Err(Malformed);
-    }
-    *huffman += u64::from(coded);
-    Ok(&rest[len..])
 }
 
 #[cfg(test)]
@@ -955,29 +874,24 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn huffman_strings_are_budgeted() {
-        // 2000 one-byte Huffman values (`0x07` is '0' padded with ones) in one block.
+    fn thousands_of_huffman_strings_in_one_block() {
+        // 2000 one-byte Huffman values (`0x07` is '0' padded with ones) in one block, then a
+        // request whose path is Huffman-coded: both counted, nothing refused.
         let mut block = get("/");
         for _ in 0..2000 {
             block.extend_from_slice(&[0x0f, 0x01, 0x81, 0x07]);
         }
         let mut client = client_start();
         client.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
-        let stats = play(&[c(&client)]);
-        assert_eq!((stats.parse_failures(), stats.totals().0), (1, 0));
-        // The same strings spread over time are fine.
-        let stats = RequestStats::new("/healthz");
-        let t0 = Instant::now();
-        let mut h = H2::new(t0);
-        h.client(&client_start(), t0, &stats);
-        let mut small = get("/");
-        small.extend_from_slice(&[0x0f, 0x01, 0x81, 0x07].repeat(100));
-        for i in 0..100u32 {
-            let now = t0 + std::time::Duration::from_millis(25 * u64::from(i));
-            h.client(&frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &small), now, &stats);
-        }
+        // :method GET, :scheme http, :path "/0" as a literal, Huffman-coded ('/' 011000, '0'
+        // 00000, then five ones of padding).
+        client.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x82, 0x86, 0x04, 0x82, 0x60, 0x1f]));
+        let mut child = child_start();
+        child.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x88]));
+        child.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x8d]));
+        let stats = play(&[c(&client), s(&child)]);
         assert_eq!(stats.parse_failures(), 0);
-        assert_eq!(stats.in_flight(), 100);
+        assert_eq!(stats.totals().0, 2);
     }
 
     #[test]

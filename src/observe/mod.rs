@@ -17,6 +17,7 @@
 
 mod grpc;
 mod h2;
+mod hpack;
 mod http1;
 mod stats;
 
