@@ -5,6 +5,9 @@ Rows (`--rows`, any subset, in any order):
   direct      the load generator talks to the child's port itself
   supervisor  region-supervisor (`--bin`) with SUPERVISOR_RELAY_ADDR=127.0.0.1, relaying each
               region's port to its child
+  uncounted   the same relay without its request observer (`--uncounted-bin`, by default built
+              with `--features bench-uncounted` into target/bench-uncounted): request counting
+              off, everything else as in the supervisor row
   haproxy     HAProxy, `mode tcp`, one listen section per child, otherwise its defaults
               (16 KiB buffers, no splice, one thread per core)
   socat       `socat TCP-LISTEN:<port>,fork,reuseaddr,nodelay,backlog=1024 TCP:<child>,nodelay`
@@ -18,7 +21,11 @@ very port that carries h2c, as the real plugin does (h2o detects the preface). W
 supervisor row the supervisor starts them (SUPERVISOR_COMMAND is a generated wrapper script
 that execs nginx or h2o on `{port}`) and the other rows point at its child ports; without it
 this script starts the same wrapper itself. Both children listen on 127.0.0.1 only and serve
-files from a tmpfs.
+files from a tmpfs. The uncounted row is a second region-supervisor with its own region and
+metrics ports and SUPERVISOR_CHILD_PORT_BASE on the same child ports; its SUPERVISOR_COMMAND is
+a placeholder that binds nothing and sleeps until SIGTERM, so its readiness probes and its
+relayed connections reach the very same nginx and h2o as every other row. It starts first
+(its preflight wants the child ports free) and is ready once those children answer.
 
 Measures (`--measures`), each run once per row per round, rounds alternating the row order;
 the table gives medians over `--repeat` rounds:
@@ -36,16 +43,19 @@ CPU seconds of the relay, the child and the load generator are recorded for ever
 (/proc/<pid>/stat and the load generator's rusage); the supervisor's VmRSS/VmHWM after the
 load runs too.
 
-Output: a Markdown report on stdout (ratios to HAProxy and to direct: the median of the
-ratios within each round, so that the machine's momentary load cancels), the raw JSON of every
-run in `--json FILE` (printed after the report when not given), and with `--write
-BENCHMARKS.md` the report between that file's `relay` markers. Ports 21000-21999 on 127.0.0.1.
+Output: a Markdown report on stdout (ratios to HAProxy and to direct, and in the supervisor
+row to uncounted: the median of the ratios within each round, so that the machine's momentary
+load cancels), the raw JSON of every run in `--json FILE` (printed after the report when not
+given), and with `--write BENCHMARKS.md` the report between that file's `relay` markers.
+Ports on 127.0.0.1: children 21101-21112; supervisor 21001-21012 and metrics 21200;
+uncounted 21501-21502 and metrics 21210; HAProxy 21301-21302 and 21311-21322; socat
+21401-21402 (all within 21000-21999).
 Every load run is bounded (-d / -n and a timeout); temporary files are removed; only the
 processes this script started are stopped, by pid.
 
-Usage: bench/relay.py [--rows direct,supervisor,haproxy,socat] [--repeat 5] [--duration 5]
-                      [--measures keepalive,close,bulk,latency,h2,rss] [--bin PATH]
-                      [--json FILE] [--write BENCHMARKS.md]
+Usage: bench/relay.py [--rows direct,supervisor,uncounted,haproxy,socat] [--repeat 5]
+                      [--duration 5] [--measures keepalive,close,bulk,latency,h2,rss]
+                      [--bin PATH] [--uncounted-bin PATH] [--json FILE] [--write BENCHMARKS.md]
 Needs nginx, h2o, wrk, h2load, curl, haproxy, socat (only those the selection uses).
 """
 
@@ -75,10 +85,12 @@ REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1", "ap-southeas
 REGION_BASE = 21001    # the supervisor's region ports, 21001-21012
 CHILD_BASE = 21101     # the children's ports, 21101-21112
 METRICS_PORT = 21200   # the supervisor's HTTP endpoint
+UNCOUNTED_BASE = 21501      # the uncounted supervisor's region ports, 21501-21502
+UNCOUNTED_METRICS = 21210   # the uncounted supervisor's HTTP endpoint
 HAPROXY_BASE = 21301   # HAProxy: 21301-21302 in the load runs, 21311-21322 in the RSS test
 SOCAT_BASE = 21401     # socat: 21401-21402
 H1_CHILD, H2_CHILD = CHILD_BASE, CHILD_BASE + 1
-ALL_ROWS = ["direct", "supervisor", "haproxy", "socat"]
+ALL_ROWS = ["direct", "supervisor", "uncounted", "haproxy", "socat"]
 ALL_MEASURES = ["keepalive", "close", "bulk", "latency", "h2", "rss"]
 SMALL = b"x" * 127 + b"\n"
 RSS_PER_REGION = 250
@@ -307,6 +319,23 @@ exec nginx -e stderr -c "{tmp}/nginx-$port.conf"
 """
 
 
+PLACEHOLDER = """\
+#!/bin/sh
+# Child command of the uncounted supervisor of bench/relay.py: binds nothing (the children
+# of the other supervisor, or of this script, already serve the child ports) and sleeps until
+# SIGTERM. The arguments are ignored.
+exec sleep 2147483647
+"""
+
+
+def write_placeholder(tmp):
+    path = os.path.join(tmp, "placeholder.sh")
+    with open(path, "w") as f:
+        f.write(PLACEHOLDER)
+    os.chmod(path, 0o755)
+    return path
+
+
 def write_children(tmp, data, workers):
     for i in range(len(REGIONS)):
         port = CHILD_BASE + i
@@ -358,39 +387,52 @@ class OwnChildren:
 
 
 class Supervisor:
-    """region-supervisor relaying `count` regions to children on the child ports."""
+    """region-supervisor relaying `count` regions (region ports from `region_base`) to the
+    child ports, starting `command` ("<command> {region} {port}") for each region. The
+    supervisor row's command is the wrapper, which starts the children; the uncounted row's
+    is the placeholder, and the children it relays to are started by someone else after it.
+    `ready`: wait until every region is ready (else call `wait_ready` later)."""
 
-    def __init__(self, started, binary, wrapper, count, h2, logdir):
-        self.started = started
+    def __init__(self, started, binary, command, count, h2, logdir, name="supervisor",
+                 region_base=REGION_BASE, metrics_port=METRICS_PORT, env=None, ready=True):
+        self.started, self.name, self.count = started, name, count
+        self.region_base, self.metrics_port = region_base, metrics_port
         self.env = dict(os.environ,
                         SUPERVISOR_REGIONS=",".join(REGIONS[:count]),
-                        SUPERVISOR_PORT_BASE=str(REGION_BASE),
+                        SUPERVISOR_PORT_BASE=str(region_base),
                         SUPERVISOR_CHILD_PORT_BASE=str(CHILD_BASE),
                         SUPERVISOR_RELAY_ADDR="127.0.0.1",
-                        SUPERVISOR_METRICS_ADDR=f"127.0.0.1:{METRICS_PORT}",
-                        SUPERVISOR_COMMAND=f"{wrapper} {{region}} {{port}}")
+                        SUPERVISOR_METRICS_ADDR=f"127.0.0.1:{metrics_port}",
+                        SUPERVISOR_COMMAND=f"{command} {{region}} {{port}}", **(env or {}))
         if h2:
             self.env["RELAY_BENCH_H2_PORT"] = str(H2_CHILD)
         self.check_plan(binary)
-        self.log = os.path.join(logdir, f"supervisor-{count}.log")
+        self.log = os.path.join(logdir, f"{name}-{count}.log")
         with open(self.log, "w") as log:
-            self.proc = started.popen("supervisor", [binary], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            self.proc = started.popen(name, [binary], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        # It listens once its preflight is over, the check that the child ports are free included.
+        wait_port(metrics_port, self.proc, f"region-supervisor ({name} row)", self.log, limit=30)
+        if ready:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Every region ready (/healthz 200), and the region ports held by the supervisor."""
         try:
-            wait_http(METRICS_PORT, "/healthz", 30, self.proc, "region-supervisor")
+            wait_http(self.metrics_port, "/healthz", 30, self.proc, f"region-supervisor ({self.name} row)")
         except BenchError as e:
-            raise BenchError(f"{e}\nsupervisor log:\n{tail(self.log)}")
-        for i in range(count):
-            owners = listener_pids(REGION_BASE + i)
+            raise BenchError(f"{e}\n{self.name} log:\n{tail(self.log)}")
+        for i in range(self.count):
+            owners = listener_pids(self.region_base + i)
             if self.proc.pid not in owners:
-                raise BenchError(f"region port {REGION_BASE + i} is held by pid(s) {sorted(owners)}, not by the "
-                                 f"supervisor (pid {self.proc.pid}): it does not relay")
+                raise BenchError(f"region port {self.region_base + i} is held by pid(s) {sorted(owners)}, not by the "
+                                 f"{self.name} supervisor (pid {self.proc.pid}): it does not relay")
 
     def check_plan(self, binary):
         """The supervisor must know the relay: its plan gives each region a child port apart
         from the region port, and the command gets the child port."""
         run = subprocess.run([binary, "regions", "--json"], env=self.env, capture_output=True, text=True, timeout=30)
         if run.returncode != 0:
-            raise BenchError(f"the supervisor row needs a region-supervisor with the relay (SUPERVISOR_RELAY_ADDR, "
+            raise BenchError(f"the {self.name} row needs a region-supervisor with the relay (SUPERVISOR_RELAY_ADDR, "
                              f"SUPERVISOR_CHILD_PORT_BASE): `{binary} regions --json` exited {run.returncode}:\n"
                              f"{run.stderr.strip()}")
         try:
@@ -399,10 +441,10 @@ class Supervisor:
             raise BenchError(f"`{binary} regions --json` printed no JSON: {run.stdout[:300]!r}")
         for i, entry in enumerate(plan):
             want_child = CHILD_BASE + i
-            if entry.get("child_port") != want_child or entry.get("port") != REGION_BASE + i:
+            if entry.get("child_port") != want_child or entry.get("port") != self.region_base + i:
                 raise BenchError(
-                    f"the supervisor row needs a region-supervisor with the relay: {binary} plans "
-                    f"{json.dumps(entry)} for {REGIONS[i]}, expected port {REGION_BASE + i} and child_port "
+                    f"the {self.name} row needs a region-supervisor with the relay: {binary} plans "
+                    f"{json.dumps(entry)} for {REGIONS[i]}, expected port {self.region_base + i} and child_port "
                     f"{want_child} (no child_port: this binary predates the relay)")
             if entry.get("command", [])[-1:] != [str(want_child)]:
                 raise BenchError(f"{binary} passes {entry.get('command')} to {REGIONS[i]}; expected the child port "
@@ -413,17 +455,25 @@ class Supervisor:
         for child in children_of(self.proc.pid):
             if port in listener_pids_of(child):
                 return child
-        raise BenchError(f"no child of the supervisor listens on port {port}")
+        raise BenchError(f"no child of the {self.name} supervisor listens on port {port}")
 
     def memory(self):
         return memory_kib(self.proc.pid)
 
+    def requests_counted(self):
+        """The sum of supervisor_region_requests_total on the metrics page."""
+        status, body = http_get(self.metrics_port, "/metrics", timeout=5)
+        if status != 200:
+            raise BenchError(f"the {self.name} supervisor's GET /metrics gave {status} {body!r:.200}")
+        return sum(float(line.rsplit(None, 1)[1]) for line in body.decode(errors="replace").splitlines()
+                   if line.startswith("supervisor_region_requests_total{"))
+
     def stop(self):
         if self.proc.poll() is not None:
-            raise BenchError(f"the supervisor exited early ({self.proc.returncode}):\n{tail(self.log)}")
+            raise BenchError(f"the {self.name} supervisor exited early ({self.proc.returncode}):\n{tail(self.log)}")
         self.started.stop(self.proc)
         if self.proc.returncode != 0:
-            raise BenchError(f"the supervisor exited {self.proc.returncode} on SIGTERM:\n{tail(self.log)}")
+            raise BenchError(f"the {self.name} supervisor exited {self.proc.returncode} on SIGTERM:\n{tail(self.log)}")
 
 
 def listener_pids_of(pid):
@@ -716,7 +766,7 @@ def medians(runs, rows, measures):
             out.setdefault(row, {})[m] = {k: statistics.median(r[k] for r in mine) for k in keys}
             out[row][m]["errors"] = sum(r["errors"] for r in mine)
             out[row][m]["runs"] = len(mine)
-            for ref in ("haproxy", "direct"):
+            for ref in ("haproxy", "direct", "uncounted"):
                 paired = paired_ratio(runs, row, ref, m)
                 if paired is not None and ref != row:
                     out[row][m][f"vs_{ref}"] = paired
@@ -759,6 +809,10 @@ def cell(med, row, m, key, text, refs):
 
 def report(args, rows, measures, med, rss, after_load, versions):
     refs = [("haproxy", "×H"), ("direct", "×D")]
+    # The ratio to uncounted matters for the supervisor row only; in the others it would be noise.
+    row_refs = {"supervisor": refs + [("uncounted", "×U")]}
+    uncounted_note = ("; in the supervisor row also ×U, the ratio to the same relay without request counting "
+                      "(the uncounted row)") if {"supervisor", "uncounted"} <= set(rows) else ""
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     rounds = "one round" if args.repeat == 1 else f"medians of {args.repeat} rounds, rows alternating"
     lines = [f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; "
@@ -766,8 +820,8 @@ def report(args, rows, measures, med, rss, after_load, versions):
              f"{rounds.capitalize()}; wrk runs {args.duration} s; bulk: one "
              f"{args.bulk_mib} MiB download from tmpfs; h2load -n {args.h2_requests} -c {args.h2_clients} "
              f"-m {args.h2_streams}; children: nginx ({args.workers} worker) for HTTP/1.1, h2o for h2c. "
-             "In brackets: the ratio to HAProxy (×H) and to direct (×D), the median of the ratios "
-             "within each round; for latency, the difference to direct.", ""]
+             f"In brackets: the ratio to HAProxy (×H) and to direct (×D){uncounted_note}; each the median "
+             "of the ratios within each round; for latency, the difference to direct.", ""]
     if not any(m in measures for m in MEASURES):
         lines = lines[:1] + [""]
     header = ["row"]
@@ -785,7 +839,7 @@ def report(args, rows, measures, med, rss, after_load, versions):
             if m not in med.get(row, {}):
                 cells.append("-")
             elif m == "bulk":
-                cells.append(cell(med, row, m, "gbps", f"{med[row][m]['gbps']:.2f}", refs))
+                cells.append(cell(med, row, m, "gbps", f"{med[row][m]['gbps']:.2f}", row_refs.get(row, refs)))
             elif m == "latency":
                 v = med[row][m]
                 text = f"{v['p50_us']:.0f} / {v['p99_us']:.0f} µs"
@@ -794,7 +848,7 @@ def report(args, rows, measures, med, rss, after_load, versions):
                     text += f" (+{v['p50_us'] - d['p50_us']:.0f} / {v['p99_us'] - d['p99_us']:+.0f})"
                 cells.append(text + (f" **{v['errors']} errors**" if v["errors"] else ""))
             else:
-                cells.append(cell(med, row, m, "rps", fmt_rate(med[row][m]["rps"]), refs))
+                cells.append(cell(med, row, m, "rps", fmt_rate(med[row][m]["rps"]), row_refs.get(row, refs)))
         lines.append("| " + " | ".join(cells) + " |")
     load = [m for m in ("keepalive", "close", "bulk", "h2", "latency") if m in measures]
     if load:
@@ -855,6 +909,11 @@ def parse_args():
     ap.add_argument("--workers", type=int, default=1, help="nginx worker processes / h2o threads (default 1)")
     ap.add_argument("--bin", default=None, help="region-supervisor binary (default target/release/region-supervisor, "
                     "built with cargo build --release when missing)")
+    ap.add_argument("--uncounted-bin", default=None, metavar="PATH",
+                    help="region-supervisor without its request observer, for the uncounted row (default "
+                    "target/bench-uncounted/release/region-supervisor, built each run with cargo build --release "
+                    "--features bench-uncounted --target-dir target/bench-uncounted; give one built from the same "
+                    "source as --bin)")
     ap.add_argument("--json", metavar="FILE", help="write the raw results here (default: after the report)")
     ap.add_argument("--write", metavar="BENCHMARKS.md", help="put the report between the file's relay markers")
     args = ap.parse_args()
@@ -886,6 +945,8 @@ def check_ports(rows, measures):
     ports = [CHILD_BASE + i for i in range(len(REGIONS))]
     if "supervisor" in rows:
         ports += [REGION_BASE + i for i in range(len(REGIONS))] + [METRICS_PORT]
+    if "uncounted" in rows:
+        ports += [UNCOUNTED_BASE, UNCOUNTED_BASE + 1, UNCOUNTED_METRICS]
     if "haproxy" in rows:
         ports += [HAPROXY_BASE, HAPROXY_BASE + 1] + [HAPROXY_BASE + 10 + i for i in range(len(REGIONS))]
     if "socat" in rows:
@@ -907,22 +968,69 @@ def supervisor_binary(args):
     return path
 
 
+def uncounted_binary(args):
+    """The relay without its request observer. Built every time (cargo is incremental, so this
+    is quick when nothing changed) so that it is never older than the source."""
+    if args.uncounted_bin:
+        if not os.access(args.uncounted_bin, os.X_OK):
+            raise BenchError(f"--uncounted-bin {args.uncounted_bin}: not an executable file")
+        return os.path.abspath(args.uncounted_bin)
+    target = os.path.join("target", "bench-uncounted")
+    path = os.path.join(ROOT, target, "release", "region-supervisor")
+    print(f"building {path} (cargo build --release --features bench-uncounted)", file=sys.stderr)
+    argv = ["cargo", "build", "--release", "--quiet", "--bin", "region-supervisor", "--features", "bench-uncounted",
+            "--target-dir", target]
+    if subprocess.run(argv, cwd=ROOT).returncode != 0:
+        raise BenchError(f"`{' '.join(argv)}` failed (the uncounted row needs it; or give --uncounted-bin)")
+    return path
+
+
+def check_counting(sup, unc, wait=0.0):
+    """The supervisor row counts requests and the uncounted row does not: otherwise the pair
+    would not compare counting on with counting off. `wait`: how long the supervisor's
+    counters may take to show the requests already made."""
+    if unc is not None:
+        n = unc.requests_counted()
+        if n:
+            raise BenchError(f"the uncounted supervisor ({unc.proc.args[0]}) counted {n:.0f} request(s): it is not a "
+                             "build without the request observer (cargo feature bench-uncounted)")
+    if sup is not None:
+        deadline = time.time() + wait
+        while not sup.requests_counted():
+            if time.time() >= deadline:
+                raise BenchError("the supervisor row counted no requests (supervisor_region_requests_total on "
+                                 f"port {sup.metrics_port}): it would not measure the relay with counting on")
+            time.sleep(0.1)
+
+
 def load_phase(started, args, rows, measures, wrapper, tmp, logdir):
     load = [m for m in measures if m in MEASURES]
     h2 = "h2" in load
-    sup = children = None
+    sup = children = unc = None
+    if "uncounted" in rows:
+        # Before the children: its preflight wants the child ports free. Its placeholders bind
+        # nothing, and it probes the child ports until the children started next answer there;
+        # the longer startup timeout leaves room for that on a slow machine.
+        unc = Supervisor(started, args.uncounted_bin, write_placeholder(tmp), 2 if h2 else 1, False, logdir,
+                         name="uncounted", region_base=UNCOUNTED_BASE, metrics_port=UNCOUNTED_METRICS,
+                         env={"SUPERVISOR_STARTUP_TIMEOUT": "60s"}, ready=False)
     if "supervisor" in rows:
         sup = Supervisor(started, args.bin, wrapper, 2 if h2 else 1, h2, logdir)
         child_pid = sup.pid
     else:
         children = OwnChildren(started, wrapper, 2 if h2 else 1, h2, logdir)
         child_pid = children.pid
+    if unc:
+        unc.wait_ready()
     table = {}
     for name in rows:
         if name == "direct":
             table[name] = Row(name, H1_CHILD, H2_CHILD)
         elif name == "supervisor":
             table[name] = Row(name, REGION_BASE, REGION_BASE + 1, sup.proc, relay_cpu=cpu_self)
+        elif name == "uncounted":
+            # Its own children are sleeps: its CPU is the relay's alone.
+            table[name] = Row(name, UNCOUNTED_BASE, UNCOUNTED_BASE + 1, unc.proc, relay_cpu=cpu_self)
         elif name == "haproxy":
             pairs = [(HAPROXY_BASE, H1_CHILD)] + ([(HAPROXY_BASE + 1, H2_CHILD)] if h2 else [])
             table[name] = Row(name, HAPROXY_BASE, HAPROXY_BASE + 1, start_haproxy(started, tmp, pairs, logdir))
@@ -931,6 +1039,7 @@ def load_phase(started, args, rows, measures, wrapper, tmp, logdir):
             proc2 = start_socat(started, SOCAT_BASE + 1, H2_CHILD, logdir) if h2 else None
             table[name] = Row(name, SOCAT_BASE, SOCAT_BASE + 1, proc, proc2)
     preflight(table, args, h2)
+    check_counting(sup, unc, wait=5.0)
     h1_pid, h2_pid = child_pid(H1_CHILD), (child_pid(H2_CHILD) if h2 else None)
     for row in table.values():
         if args.warmup:
@@ -944,9 +1053,12 @@ def load_phase(started, args, rows, measures, wrapper, tmp, logdir):
                 result["round"] = rnd
                 runs.append(result)
                 print(f"round {rnd + 1}/{args.repeat} {m:9} {name:10} {short(result)}", file=sys.stderr, flush=True)
+    check_counting(sup, unc)
     after = sup.memory() if sup else None
     for _, proc in [(n, p) for n, p in started.procs if n in ("haproxy", "socat")]:
         started.stop(proc)
+    if unc:
+        unc.stop()
     if sup:
         sup.stop()
     if children:
@@ -990,6 +1102,8 @@ def main():
         check_ports(rows, measures)
         if "supervisor" in rows:
             args.bin = supervisor_binary(args)
+        if "uncounted" in rows:
+            args.uncounted_bin = uncounted_binary(args)
         versions = tool_versions(rows, measures)
         tmp = tempfile.mkdtemp(prefix="rs-bench-relay-")
         data = tempfile.mkdtemp(prefix="rs-bench-relay-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
