@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddr
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::logtag::LogFormat;
 use crate::regions::{self, REGIONS};
 
 /// One configuration variable: its name, the flag that mirrors it, its default and meaning.
@@ -162,12 +163,6 @@ const GRACE_FALLBACK: &str = "TERMINATION_GRACE_SECONDS";
 
 /// Any restart waits at most this long (SPEC: the backoff doubles, capped at 30s).
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Inject,
-    Json,
-}
 
 /// What one region runs and where it is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -375,16 +370,6 @@ impl Config {
             .map(|r| serde_json::json!({"region": r.name, "port": r.port, "child_port": r.child_port, "command": r.argv}))
             .collect();
         serde_json::Value::Array(plan).to_string()
-    }
-}
-
-impl LogFormat {
-    fn parse(s: &str) -> Option<LogFormat> {
-        match s {
-            "inject" => Some(LogFormat::Inject),
-            "json" => Some(LogFormat::Json),
-            _ => None,
-        }
     }
 }
 

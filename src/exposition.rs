@@ -350,9 +350,39 @@ pub fn merge(pages: Vec<Vec<Family>>, reserved: &[&str], out: &mut String) {
     }
 }
 
+/// The fuzz check (`fuzz/`, and `corpus_regression` below): any page either is refused or
+/// relabels into families whose merge, of two regions, is itself a valid page holding every
+/// sample of both, each family once.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz(data: &[u8]) {
+    let Ok(page) = std::str::from_utf8(data) else { return };
+    let Ok(a) = parse_and_relabel(page, "us-east-1") else { return };
+    let b = parse_and_relabel(page, "eu-west-1").expect("a page accepted for one region is for another");
+    let samples = |fs: &[Family]| fs.iter().map(|f| f.samples.lines().count()).sum::<usize>();
+    let want = samples(&a) + samples(&b);
+    let mut out = String::new();
+    merge(vec![a, b], &[], &mut out);
+    let again = parse_and_relabel(&out, "x").unwrap_or_else(|e| panic!("merged page refused: {e}\n{out}"));
+    assert_eq!(samples(&again), want, "{out}");
+    let mut names: Vec<&str> = again.iter().map(|f| f.name.as_str()).collect();
+    let n = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), n, "a family twice: {out}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stored fuzz corpus (`tests/corpus/exposition/`) through the fuzz check.
+    #[test]
+    fn corpus_regression() {
+        for (path, data) in crate::corpus::files("exposition") {
+            eprintln!("{}", path.display());
+            fuzz(&data);
+        }
+    }
 
     fn merged(pages: Vec<Vec<Family>>, reserved: &[&str]) -> String {
         let mut out = String::new();

@@ -10,6 +10,8 @@ mod accept;
 mod bytes;
 mod cli;
 mod config;
+#[cfg(test)]
+mod corpus;
 mod exposition;
 mod front;
 mod healthcheck;
@@ -27,6 +29,7 @@ mod signals;
 mod spawn;
 mod supervisor;
 mod sys;
+mod time;
 mod view;
 
 use std::process::ExitCode;

@@ -217,9 +217,42 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The fuzz check (`fuzz/`, and `corpus_regression` below): the first byte sets the body
+/// limit, the rest is what the child answers. Read whole or one byte per read, the result is
+/// the same, and a body never passes its limit.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz(data: &[u8]) {
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let [limit, answer @ ..] = data else { return };
+    let max_body = usize::from(*limit) * 16;
+    let whole = parse_response(&mut &answer[..], max_body);
+    let trickled = parse_response(&mut Trickle(answer), max_body);
+    assert_eq!(whole, trickled);
+    if let Ok(r) = whole {
+        assert!(r.body.len() <= max_body && (100..=999).contains(&r.status), "{r:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stored fuzz corpus (`tests/corpus/probe/`) through the fuzz check.
+    #[test]
+    fn corpus_regression() {
+        for (path, data) in crate::corpus::files("probe") {
+            eprintln!("{}", path.display());
+            fuzz(&data);
+        }
+    }
 
     fn parse(raw: &str) -> Result<Response, String> {
         parse_response(&mut raw.as_bytes(), 1024)

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 
-use crate::config::{LogFormat, RegionPlan};
+use crate::config::RegionPlan;
+use crate::logtag::LogFormat;
 use crate::logtag::{Stream, Tagger};
 use crate::output;
 use crate::policy::Event;
