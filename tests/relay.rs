@@ -150,15 +150,43 @@ fn held_connections_close_after_the_hold_time_when_the_region_never_gets_ready()
 
 #[test]
 fn connections_of_every_kind_leave_nothing_behind() {
-    let (sup, _) = relayed("us-east-1", "127.0.0.1", &[]);
+    // Kills are part of the mix: restarts soon, and every kill forgiven once the child is up.
+    let restarts = [
+        ("SUPERVISOR_MAX_RESTARTS", "1000"),
+        ("SUPERVISOR_RESTART_BACKOFF", "100ms"),
+        ("SUPERVISOR_RESTART_RESET", "100ms"),
+    ];
+    let (sup, _) = relayed("us-east-1", "127.0.0.1", &restarts);
     sup.wait_ready(Duration::from_secs(20));
     let port = sup.ports.base;
     // Warm up once so lazily created state is there before the baseline.
     get_once("127.0.0.1", port, "/healthz").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (fds, threads) = (fd_count(sup.pid), thread_count(sup.pid));
-    let rounds = std::env::var("RELAY_LEAK_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let rounds = std::env::var("RELAY_LEAK_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let mut kills = 0;
     for i in 0..rounds {
+        if i % 1000 == 999 {
+            // The child is killed with requests on the wire; clients that connect while it is
+            // away are held, and go away before it is back.
+            let mut open: Vec<TcpStream> = (0..3).map(|_| connect("127.0.0.1", port).unwrap()).collect();
+            for c in &mut open {
+                c.write_all(b"GET /healthz HTTP/1.1\r\nHost").unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            send_signal(sup.child_pids()[0].1, libc::SIGKILL);
+            drop((0..3).map(|_| connect("127.0.0.1", port).unwrap()).collect::<Vec<_>>());
+            for c in &mut open {
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = c.read(&mut [0u8; 64]);
+            }
+            kills += 1;
+            sup.wait_for("the restart", Duration::from_secs(20), |s| {
+                metric(s, "supervisor_region_restarts_total", "us-east-1") == Some(f64::from(kills))
+            });
+            sup.wait_ready(Duration::from_secs(20));
+            continue;
+        }
         match i % 4 {
             // A whole request; the child answers and closes (HTTP/1.0).
             0 => assert_eq!(get_once("127.0.0.1", port, "/healthz"), Ok(200)),
@@ -179,6 +207,9 @@ fn connections_of_every_kind_leave_nothing_behind() {
             }
         }
     }
+    sup.wait_for("every kill counted as a restart", Duration::from_secs(20), |s| {
+        metric(s, "supervisor_region_restarts_total", "us-east-1") == Some(f64::from(kills))
+    });
     sup.wait_for("descriptors back at the baseline", Duration::from_secs(40), |s| fd_count(s.pid) <= fds);
     assert_eq!(thread_count(sup.pid), threads);
     sup.wait_for("no active connection", Duration::from_secs(10), |s| {
