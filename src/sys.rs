@@ -256,6 +256,21 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Reads and drops what a closing or refused client still sends (non-blocking `fd`); true once
+/// it has closed or failed. At most 16 reads per call, so one fast sender cannot keep a thread
+/// from its other connections.
+pub fn drain(fd: RawFd, buf: &mut [u8]) -> bool {
+    for _ in 0..16 {
+        match read(fd, buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
 /// Whether this user may execute `path` (the kernel's answer, including root's rules).
 pub fn can_execute(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };

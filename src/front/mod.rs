@@ -402,7 +402,7 @@ impl Front {
                 }
             }
             State::Linger { .. } => {
-                if drain(s.conn.fd.as_raw_fd(), &mut self.buf) {
+                if sys::drain(s.conn.fd.as_raw_fd(), &mut self.buf) {
                     self.close(slot);
                 }
             }
@@ -502,18 +502,4 @@ impl Front {
             }
         }
     }
-}
-
-/// Reads and drops what a closing client still sends; true once it has closed or failed.
-fn drain(fd: i32, buf: &mut [u8]) -> bool {
-    // Bounded per turn, so one fast sender cannot keep the front from everyone else.
-    for _ in 0..16 {
-        match sys::read(fd, buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-    false
 }

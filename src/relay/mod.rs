@@ -514,7 +514,7 @@ impl Relay {
                 }
             }
             State::Linger { .. } => {
-                if conn.client.as_ref().is_none_or(|c| drain(c.as_raw_fd(), buf)) {
+                if conn.client.as_ref().is_none_or(|c| sys::drain(c.as_raw_fd(), buf)) {
                     self.close(slot);
                 }
             }
@@ -631,19 +631,6 @@ impl Relay {
             }
         }
     }
-}
-
-/// Reads and drops what a lingering client sends; true once it has closed or failed.
-fn drain(fd: i32, buf: &mut [u8]) -> bool {
-    for _ in 0..16 {
-        match sys::read(fd, buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 #[cfg(test)]
