@@ -378,10 +378,7 @@ mod tests {
     /// The stored fuzz corpus (`tests/corpus/exposition/`) through the fuzz check.
     #[test]
     fn corpus_regression() {
-        for (path, data) in crate::corpus::files("exposition") {
-            eprintln!("{}", path.display());
-            fuzz(&data);
-        }
+        crate::corpus::replay("exposition", fuzz);
     }
 
     fn merged(pages: Vec<Vec<Family>>, reserved: &[&str]) -> String {

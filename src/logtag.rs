@@ -1384,10 +1384,7 @@ pub mod properties {
     /// The stored corpus (`tests/corpus/logtag/`, inputs the fuzzer found worth keeping).
     #[test]
     fn corpus_regression() {
-        for (path, data) in crate::corpus::files("logtag") {
-            eprintln!("{}", path.display());
-            fuzz(&data);
-        }
+        crate::corpus::replay("logtag", fuzz);
     }
 
     /// The batch model: split into lines, drop one trailing `\r`, cut long lines into pieces.

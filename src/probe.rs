@@ -248,10 +248,7 @@ mod tests {
     /// The stored fuzz corpus (`tests/corpus/probe/`) through the fuzz check.
     #[test]
     fn corpus_regression() {
-        for (path, data) in crate::corpus::files("probe") {
-            eprintln!("{}", path.display());
-            fuzz(&data);
-        }
+        crate::corpus::replay("probe", fuzz);
     }
 
     fn parse(raw: &str) -> Result<Response, String> {

@@ -285,10 +285,7 @@ mod tests {
     /// The stored fuzz corpus (`tests/corpus/front_head/`) through the fuzz check.
     #[test]
     fn corpus_regression() {
-        for (path, data) in crate::corpus::files("front_head") {
-            eprintln!("{}", path.display());
-            fuzz(&data);
-        }
+        crate::corpus::replay("front_head", fuzz);
     }
 
     fn head(s: &str) -> Verdict {
