@@ -9,7 +9,7 @@
 # BuildKit builds only the stages the chosen sources need. Every RUN happens in a stage on the
 # build platform (the supervisor is cross-compiled, the plugins are only downloaded), and the
 # final stage has no RUN at all, so a multi-platform build (linux/amd64,linux/arm64) needs no
-# emulation.
+# emulation. `--target supervisor-image` builds the same image without the plugins.
 
 ARG BASE_IMAGE=alpine:3.19
 ARG RUST_IMAGE=rust:1-alpine3.19
@@ -73,29 +73,41 @@ RUN mkdir -p /out \
     && { cat /etc/passwd; echo "plugin:x:65532:65532:plugin:/nonexistent:/sbin/nologin"; } > /out/passwd \
     && { cat /etc/group; echo "plugin:x:65532:"; } > /out/group
 
-# --- the image ----------------------------------------------------------------------------------
+# --- the supervisor-only image (`docker build --target supervisor-image`) ---------------------
+# The base, user `plugin`, the entrypoint shim and the static supervisor, nothing else: for
+# other programs supervised the same way (SUPERVISOR_COMMAND), e.g. binaries mounted at run time.
 # hadolint ignore=DL3006
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS supervisor-image
 ARG VERSION=context
-LABEL org.opencontainers.image.title="finfocus-plugin-aws-public (12 regions)" \
-      org.opencontainers.image.description="12 regional finfocus-plugin-aws-public binaries under region-supervisor" \
+LABEL org.opencontainers.image.title="region-supervisor" \
+      org.opencontainers.image.description="region-supervisor: a multi-process container entrypoint (PID 1) with log tagging, restarts, a TCP relay and Prometheus metrics" \
       org.opencontainers.image.version="${VERSION}"
 
 COPY --from=users /out/passwd /out/group /etc/
 COPY --from=supervisor /out/region-supervisor /usr/local/bin/region-supervisor
-COPY --from=plugins /out/plugins/ /usr/local/bin/
 COPY entrypoint /usr/local/bin/entrypoint
 
 USER 65532:65532
-EXPOSE 8001-8012 9090
-ENV FINFOCUS_PLUGIN_WEB_ENABLED=true FINFOCUS_PLUGIN_HEALTH_ENDPOINT=true
+EXPOSE 9090
 
 # Every 30s, after a 60s start period (12 plugins loading ~150 MB of pricing data each, and
 # the supervisor's own 10s startup timeout plus a restart), unhealthy after 3 misses. The
-# subcommand probes the 12 regions in parallel, each bounded by HEALTH_CHECK_TIMEOUT (5s),
-# so it finishes well inside the 10s timeout; it exits 0 or 1 only, as Docker expects.
+# subcommand probes the regions in parallel, each bounded by HEALTH_CHECK_TIMEOUT (5s), so it
+# finishes well inside the 10s timeout; it exits 0 or 1 only, as Docker expects.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["/usr/local/bin/region-supervisor", "healthcheck", "--quiet"]
 
 ENTRYPOINT ["/usr/local/bin/entrypoint"]
 CMD ["run"]
+
+# --- the image: the supervisor and the 12 regional plugins (the default, last stage) ------------
+FROM supervisor-image
+ARG VERSION=context
+LABEL org.opencontainers.image.title="finfocus-plugin-aws-public (12 regions)" \
+      org.opencontainers.image.description="12 regional finfocus-plugin-aws-public binaries under region-supervisor" \
+      org.opencontainers.image.version="${VERSION}"
+
+COPY --from=plugins /out/plugins/ /usr/local/bin/
+
+EXPOSE 8001-8012 9090
+ENV FINFOCUS_PLUGIN_WEB_ENABLED=true FINFOCUS_PLUGIN_HEALTH_ENDPOINT=true

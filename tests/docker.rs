@@ -14,6 +14,7 @@ use serde_json::Value;
 use util::*;
 
 const IMAGE: &str = "region-supervisor:e2e";
+const SUPERVISOR_IMAGE: &str = "region-supervisor:e2e-supervisor";
 const BASE: &str = "region-supervisor-test/busybox:latest";
 
 fn docker() -> Command {
@@ -47,7 +48,13 @@ impl Drop for Container {
     }
 }
 
+/// Builds both images once per test run: the full one and `--target supervisor-image`.
 fn build_image() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(build_images);
+}
+
+fn build_images() {
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(
         std::path::Path::new(root).join("dist/amd64/region-supervisor").exists(),
@@ -57,20 +64,16 @@ fn build_image() {
         let status = Command::new(format!("{root}/scripts/docker-test-base.sh")).status().unwrap();
         assert!(status.success(), "docker-test-base.sh failed");
     }
-    ok(&[
-        "build",
-        "--network",
-        "host",
-        "--build-arg",
-        &format!("BASE_IMAGE={BASE}"),
-        "--build-arg",
-        "SUPERVISOR_SOURCE=context",
-        "--build-arg",
-        "PLUGINS_SOURCE=context",
-        "-t",
-        IMAGE,
-        root,
-    ]);
+    let base = format!("BASE_IMAGE={BASE}");
+    for (target, tag) in [(None, IMAGE), (Some("supervisor-image"), SUPERVISOR_IMAGE)] {
+        let mut args = vec!["build", "--network", "host", "--build-arg", &base];
+        args.extend(["--build-arg", "SUPERVISOR_SOURCE=context", "--build-arg", "PLUGINS_SOURCE=context"]);
+        if let Some(target) = target {
+            args.extend(["--target", target]);
+        }
+        args.extend(["-t", tag, root]);
+        ok(&args);
+    }
 }
 
 /// `GET /healthz` on 127.0.0.2:`port`, where only the relay listens; the whole answer.
@@ -102,6 +105,10 @@ fn wait(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 /// Starts the image with this test's ports and a fast health check. The relay listens on
 /// 127.0.0.2, where nothing else does: what answers there came through it.
 fn run_container(name: &str, ports: &Ports, children: &Ports, extra: &[&str]) -> Container {
+    run_image(IMAGE, name, ports, children, extra)
+}
+
+fn run_image(image: &str, name: &str, ports: &Ports, children: &Ports, extra: &[&str]) -> Container {
     let _ = d(&["rm", "-f", name]);
     let base = format!("SUPERVISOR_PORT_BASE={}", ports.base);
     let child_base = format!("SUPERVISOR_CHILD_PORT_BASE={}", children.base);
@@ -129,7 +136,7 @@ fn run_container(name: &str, ports: &Ports, children: &Ports, extra: &[&str]) ->
         "10s",
     ];
     args.extend_from_slice(extra);
-    args.push(IMAGE);
+    args.push(image);
     ok(&args);
     Container(name.to_string())
 }
@@ -219,4 +226,68 @@ fn the_image_runs_twelve_regions_under_docker() {
     wait("healthy on a read-only root", Duration::from_secs(90), || health_status(&ro.0) == "healthy");
     ok(&["stop", "--time", "10", &ro.0]);
     assert_eq!(ok(&["inspect", "--format", "{{.State.ExitCode}}", &ro.0]).trim(), "0");
+}
+
+#[test]
+#[ignore = "needs root, a Docker engine and dist/amd64 (run by .ci/run)"]
+fn the_supervisor_image_runs_children_mounted_at_run_time() {
+    build_image();
+    // Small: the supervisor and the shim over the base, no plugin.
+    let size = |image: &str| {
+        ok(&["image", "inspect", "--format", "{{.Size}}", image]).trim().parse::<u64>().unwrap()
+    };
+    let (full, supervisor, base) = (size(IMAGE), size(SUPERVISOR_IMAGE), size(BASE));
+    assert!(supervisor < 100 << 20 && supervisor < full, "{supervisor} bytes (full image {full})");
+    assert!(supervisor - base < 8 << 20, "{} bytes over the base", supervisor - base);
+    let files = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--entrypoint",
+        "/bin/sh",
+        SUPERVISOR_IMAGE,
+        "-c",
+        "ls /usr/local/bin",
+    ]);
+    assert_eq!(files.split_whitespace().collect::<Vec<_>>(), ["entrypoint", "region-supervisor"], "{files}");
+    let config = ok(&["image", "inspect", "--format", "{{json .Config}}", SUPERVISOR_IMAGE]);
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["User"], "65532:65532");
+    assert_eq!(config["Entrypoint"][0], "/usr/local/bin/entrypoint");
+    assert_eq!(config["Healthcheck"]["Test"][1], "/usr/local/bin/region-supervisor");
+    assert_eq!(config["ExposedPorts"].as_object().unwrap().keys().collect::<Vec<_>>(), ["9090/tcp"]);
+
+    // Without a command of its own it names the program it cannot find and exits 2.
+    let out = docker().args(["run", "--rm", "--network", "host", SUPERVISOR_IMAGE]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("/usr/local/bin/finfocus-plugin-aws-public-us-east-1"), "{said}");
+
+    // Children brought in a volume, two regions, reached through the relay; a clean stop.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let volume = format!("{root}/dist/amd64/plugins:/opt/children:ro");
+    let ports = Ports::new();
+    let children = Ports::new();
+    let name = format!("rs-e2e-supervisor-{}", std::process::id());
+    let extra = [
+        "-v",
+        &volume,
+        "-e",
+        "SUPERVISOR_REGIONS=us-east-1,eu-west-1",
+        "-e",
+        "SUPERVISOR_COMMAND=/opt/children/finfocus-plugin-aws-public-{region}",
+    ];
+    let c = run_image(SUPERVISOR_IMAGE, &name, &ports, &children, &extra);
+    wait("Docker's health status healthy", Duration::from_secs(60), || health_status(&c.0) == "healthy");
+    for i in [0u16, 2] {
+        let answer = relayed_get(ports.base + i);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "region port {} through the relay: {answer:?}",
+            ports.base + i
+        );
+    }
+    ok(&["stop", "--time", "10", &c.0]);
+    assert_eq!(ok(&["inspect", "--format", "{{.State.ExitCode}}", &c.0]).trim(), "0");
 }
