@@ -85,7 +85,7 @@ LABEL org.opencontainers.image.title="region-supervisor" \
 
 COPY --from=users /out/passwd /out/group /etc/
 COPY --from=supervisor /out/region-supervisor /usr/local/bin/region-supervisor
-COPY entrypoint /usr/local/bin/entrypoint
+COPY docker/entrypoint /usr/local/bin/entrypoint
 
 USER 65532:65532
 EXPOSE 9090

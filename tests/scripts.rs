@@ -26,7 +26,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 #[test]
 fn image_size_warns_above_the_budget_only() {
-    let script = root().join("scripts/check-image-size");
+    let script = root().join("scripts/check-image-size.sh");
     let (code, out, _) = run(Command::new(&script).args(["--bytes", "2300000000"]));
     assert_eq!(code, Some(0));
     assert_eq!(out.trim(), "::warning title=Image size::the image is 2.30 GB, above the 2.20 GB budget");
@@ -44,7 +44,7 @@ fn sparse(path: &Path, len: u64) {
 
 #[test]
 fn plugin_sizes_alert_above_240_mb() {
-    let script = root().join("scripts/check-plugin-sizes");
+    let script = root().join("scripts/check-plugin-sizes.sh");
     let dir = temp_dir("plugin-sizes");
     sparse(&dir.join("finfocus-plugin-aws-public-us-east-1"), 150_000_000);
     sparse(&dir.join("finfocus-plugin-aws-public-eu-west-1"), 240_000_000);
@@ -66,7 +66,7 @@ fn plugin_sizes_alert_above_240_mb() {
 fn entrypoint_routes_supervisor_words_to_the_supervisor() {
     // The shim execs an absolute path that exists only in the image (the Docker test runs it
     // there); here its pass-through runs for real and its routing table is checked as text.
-    let shim = root().join("entrypoint");
+    let shim = root().join("docker/entrypoint");
     let (code, out, _) = run(Command::new("sh").arg(&shim).args(["echo", "passed", "through"]));
     assert_eq!((code, out.as_str()), (Some(0), "passed through\n"));
     let text = std::fs::read_to_string(&shim).unwrap();

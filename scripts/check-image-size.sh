@@ -1,7 +1,7 @@
 #!/bin/sh
 # Warns (a GitHub Actions ::warning::, exit 0) when an image is above its size budget.
-# Usage: check-image-size IMAGE        size from `docker image inspect`
-#        check-image-size --bytes N    check a size given in bytes (tests, other tools)
+# Usage: check-image-size.sh IMAGE        size from `docker image inspect`
+#        check-image-size.sh --bytes N    check a size given in bytes (tests, other tools)
 # Environment: IMAGE_SIZE_LIMIT (bytes, default 2200000000 = 2.2 GB); DOCKER (default docker)
 set -eu
 limit=${IMAGE_SIZE_LIMIT:-2200000000}
@@ -11,7 +11,7 @@ case "${1-}" in
     name="the image"
     ;;
   "")
-    echo "usage: check-image-size IMAGE | --bytes N" >&2
+    echo "usage: check-image-size.sh IMAGE | --bytes N" >&2
     exit 2
     ;;
   *)
@@ -21,7 +21,7 @@ case "${1-}" in
 esac
 case "$size" in
   "" | *[!0-9]*)
-    echo "check-image-size: size '$size' is not a number of bytes" >&2
+    echo "check-image-size.sh: size '$size' is not a number of bytes" >&2
     exit 2
     ;;
 esac

@@ -2,7 +2,7 @@
 
 Parses deploy/k8s/*.yaml, deploy/ecs/task-definition.json, the Dockerfile and the workflows,
 and checks ports, user, health command, grace period and the task definition embedded in
-docs/ecs-deployment.md. Run: python3 -m unittest tests/deploy_test.py   (needs PyYAML)
+docs/ecs-deployment.md. Run: python3 -m unittest discover -s tests/deploy   (needs PyYAML)
 """
 
 import json
@@ -12,7 +12,7 @@ import unittest
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1", "ap-southeast-2", "ap-northeast-1",
            "ap-south-1", "ca-central-1", "sa-east-1", "us-gov-west-1", "us-gov-east-1", "us-west-1"]
 PORTS = {r: 8001 + i for i, r in enumerate(REGIONS)}
