@@ -14,7 +14,7 @@
 //! grandchild may keep a pipe open after the child died, and a child may close one and live on.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use crate::policy::Event;
 use crate::reaper::Registry;
 use crate::spawn;
 use crate::sys::{self, EventFd, ExitStatus};
+use crate::view::LogStats;
 
 /// Bytes read from a child's pipe at a time.
 pub const READ_SIZE: usize = 64 * 1024;
@@ -65,14 +66,6 @@ impl Mailbox {
     }
 }
 
-/// Counters the metrics endpoint reads without asking the thread.
-#[derive(Default)]
-pub struct Stats {
-    pub lines: AtomicU64,
-    /// Lines of an exited child dropped because stdout was blocked (see `Region::deliver`).
-    pub lines_dropped: AtomicU64,
-}
-
 pub struct Setup {
     pub index: usize,
     pub plan: RegionPlan,
@@ -80,7 +73,7 @@ pub struct Setup {
     pub max_line: usize,
     pub registry: Arc<Registry>,
     pub events: Sender<Event>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<LogStats>,
 }
 
 pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {

@@ -20,12 +20,12 @@ use crate::output;
 use crate::policy::{Action, Event, Policy, Settings};
 use crate::probe;
 use crate::reaper::Registry;
-use crate::region::{self, Mailbox, Msg, Stats};
+use crate::region::{self, Mailbox, Msg};
 use crate::relay::{self, Control, Gate};
 use crate::server;
 use crate::signals;
 use crate::sys;
-use crate::view::{RegionState, RegionView, SharedView, View};
+use crate::view::{LogStats, RegionState, RegionView, SharedView, View};
 
 /// A probe reads at most this much of a health response.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
@@ -97,7 +97,7 @@ fn stop_pending(signals: &mut Signals) -> bool {
     signals.pending().any(|s| matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT))
 }
 
-type Regions = (Vec<Mailbox>, Vec<JoinHandle<()>>, Vec<Arc<Stats>>);
+type Regions = (Vec<Mailbox>, Vec<JoinHandle<()>>, Vec<Arc<LogStats>>);
 
 fn start_regions(
     config: &Config,
@@ -106,7 +106,7 @@ fn start_regions(
 ) -> Result<Regions, String> {
     let (mut mailboxes, mut threads, mut all_stats) = (Vec::new(), Vec::new(), Vec::new());
     for (index, plan) in config.regions.iter().enumerate() {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(LogStats::default());
         let setup = region::Setup {
             index,
             plan: plan.clone(),
@@ -155,7 +155,7 @@ fn start_relays(
 /// A relay's counters: connections and bytes, and the requests measured in them.
 type RelayStats = (Arc<relay::Stats>, Arc<RequestStats>);
 
-fn initial_view(config: &Config, stats: &[Arc<Stats>], relay: &[RelayStats]) -> SharedView {
+fn initial_view(config: &Config, stats: &[Arc<LogStats>], relay: &[RelayStats]) -> SharedView {
     let regions = config
         .regions
         .iter()
@@ -278,7 +278,7 @@ impl Supervisor {
         threads: Vec<JoinHandle<()>>,
         server: Option<server::Handle>,
         signal_handle: signal_hook::iterator::Handle,
-        stats: &[Arc<Stats>],
+        stats: &[Arc<LogStats>],
         code: i32,
     ) {
         for relay in self.relays.drain(..) {

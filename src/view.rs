@@ -5,11 +5,11 @@
 //! Counters that change faster than events (log lines, relayed connections and bytes) are
 //! atomics owned by their writer (a region thread, a relay thread) and only read here.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use crate::observe::RequestStats;
-use crate::region::Stats;
 use crate::relay;
 
 /// A region's state as SPEC's `/healthz` body names it.
@@ -54,7 +54,7 @@ pub struct RegionView {
     pub restarts: u64,
     pub last_exit: Option<String>,
     pub started_at: Option<SystemTime>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<LogStats>,
     /// The relay's counters; `None` with the relay off.
     pub relay: Option<Arc<relay::Stats>>,
     /// The requests the relay measured; `None` with the relay off.
@@ -62,3 +62,11 @@ pub struct RegionView {
 }
 
 pub type SharedView = Arc<RwLock<View>>;
+
+/// A region's log counters: its region thread writes them, the endpoint reads them.
+#[derive(Default)]
+pub struct LogStats {
+    pub lines: AtomicU64,
+    /// Lines of an exited child dropped because stdout was blocked (see `region::Region::deliver`).
+    pub lines_dropped: AtomicU64,
+}

@@ -13,6 +13,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::head::{self, Head, Refusal, HEAD_LIMIT};
-use super::Conn;
 use crate::accept::Permit;
 use crate::sys::{self, EventFd};
 
@@ -31,6 +31,13 @@ const BACKEND_FDS: usize = 3;
 const SLICE: Duration = Duration::from_millis(100);
 /// How long a refusal of ours may take to be written.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// A client connection and its share of the descriptor budget: held by the front while it
+/// waits for a request, by a forwarder while one is answered.
+pub struct Conn {
+    pub fd: OwnedFd,
+    pub _permit: Permit,
+}
 
 /// One request for a forwarder: the connection and what the front learned of its head.
 pub struct Job {

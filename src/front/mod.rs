@@ -54,7 +54,7 @@ mod forward;
 pub mod head;
 
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::SocketAddr as UnixAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,10 +63,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::accept::{self, Accepted, Permit};
+use crate::accept::{self, Accepted};
 use crate::output;
 use crate::sys::{self, Epoll, EventFd, Ready, EDGE, WANT_READ, WANT_WRITE};
-use forward::{Back, Forwarder, Job};
+use forward::{Back, Conn, Forwarder, Job};
 use head::{Lane, Refusal, Verdict, HEAD_LIMIT};
 
 /// Client connections at once, whatever state they are in.
@@ -108,12 +108,6 @@ pub struct Setup {
     pub backend: UnixAddr,
     /// The longest a forwarded request may take, answer copied back included.
     pub answer_timeout: Duration,
-}
-
-/// A client connection and its share of the descriptor budget.
-pub struct Conn {
-    fd: OwnedFd,
-    _permit: Permit,
 }
 
 pub struct Handle {
