@@ -7,7 +7,6 @@
 //! workers (`server.rs`), and short-lived probe threads.
 
 mod accept;
-mod bytes;
 mod cli;
 mod config;
 #[cfg(test)]

@@ -2,10 +2,7 @@
 //! the batch model of the tagging rules (`logtag::properties`).
 #![no_main]
 
-#[path = "../../src/bytes.rs"]
-#[allow(dead_code)]
-mod bytes;
-#[path = "../../src/logtag.rs"]
+#[path = "../../src/logtag/mod.rs"]
 #[allow(dead_code)]
 mod logtag;
 #[path = "../../src/time.rs"]
