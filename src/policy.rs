@@ -601,7 +601,7 @@ fn status_json(status: ExitStatus) -> Value {
 /// `250ms`, `4s`, `2m30s`: durations as operators write them.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 || ms % 1000 != 0 {
+    if ms < 1000 || !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = ms / 1000;

@@ -39,11 +39,14 @@ pub fn put(out: &mut Vec<u8>, src: &[u8]) {
 /// `src[..n]` readable, `dst[..n]` writable, the two not overlapping.
 #[inline(always)]
 unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+    /// # Safety
+    /// `src[at..at + size_of::<T>()]` readable, `dst[at..at + size_of::<T>()]` writable.
     unsafe fn mv<T: Copy>(src: *const u8, dst: *mut u8, at: usize) {
         // SAFETY: the caller keeps `at + size_of::<T>()` within both ranges.
         unsafe { ptr::write_unaligned(dst.add(at).cast::<T>(), ptr::read_unaligned(src.add(at).cast::<T>())) }
     }
-    // SAFETY (for every `mv` below): each offset plus the width stays within `n`.
+    // SAFETY: for every `mv` below, each offset plus the width stays within `n`, and the
+    // caller's `src[..n]` and `dst[..n]` are valid and apart.
     unsafe {
         if n >= 32 {
             let mut at = 0;

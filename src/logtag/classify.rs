@@ -103,13 +103,19 @@ pub(super) fn classify_sse2(block: &[u8; 64]) -> Block {
 }
 
 /// `classify_sse2` 32 bytes at a time.
+///
+/// # Safety
+/// The CPU must have AVX2 (`is_x86_feature_detected!("avx2")`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(super) unsafe fn classify_avx2(block: &[u8; 64]) -> Block {
     use std::arch::x86_64::*;
-    let (lo, hi) =
-        (_mm256_loadu_si256(block.as_ptr().cast()), _mm256_loadu_si256(block.as_ptr().add(32).cast()));
+    // SAFETY: the caller guarantees AVX2; the two loads read the 64 bytes of `block`, 32 at a
+    // time, unaligned.
+    let (lo, hi) = unsafe {
+        (_mm256_loadu_si256(block.as_ptr().cast()), _mm256_loadu_si256(block.as_ptr().add(32).cast()))
+    };
     let mask = |x, byte: u8| {
         u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, _mm256_set1_epi8(byte as i8))) as u32)
     };
@@ -129,6 +135,9 @@ pub(super) unsafe fn classify_avx2(block: &[u8; 64]) -> Block {
 }
 
 /// `prefix_xor` in one carry-less multiplication by all ones.
+///
+/// # Safety
+/// The CPU must have PCLMULQDQ (`is_x86_feature_detected!("pclmulqdq")`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "pclmulqdq")]
 #[inline]

@@ -27,9 +27,18 @@ fn compact_baseline(s: &[u8]) -> Option<bool> {
 /// Only handed out by `compact_for_this_cpu` once the CPU is known to have the features.
 #[cfg(target_arch = "x86_64")]
 fn compact_avx2(s: &[u8]) -> Option<bool> {
+    /// # Safety
+    /// The CPU must have AVX2 and PCLMULQDQ.
     #[target_feature(enable = "avx2,pclmulqdq")]
     unsafe fn inner(s: &[u8]) -> Option<bool> {
-        compact_object(s, |b| classify_avx2(b), |x| prefix_xor_clmul(x))
+        // SAFETY (both closures): `inner`'s caller guarantees the features they need.
+        compact_object(
+            s,
+            // SAFETY: as above.
+            |b| unsafe { classify_avx2(b) },
+            // SAFETY: as above.
+            |x| unsafe { prefix_xor_clmul(x) },
+        )
     }
     // SAFETY: the features were detected before this function was handed out.
     unsafe { inner(s) }

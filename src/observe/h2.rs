@@ -194,7 +194,7 @@ impl Reader {
         }
         let fixed_size_ok = match self.kind {
             RST_STREAM => self.left == 4,
-            SETTINGS => self.left % 6 == 0 && (self.flags & ACK == 0 || self.left == 0),
+            SETTINGS => self.left.is_multiple_of(6) && (self.flags & ACK == 0 || self.left == 0),
             GOAWAY => self.left >= 8,
             PRIORITY => self.left == 5,
             PING => self.left == 8,
@@ -499,7 +499,7 @@ impl Conn {
         f: Fields,
         stats: &RequestStats,
     ) -> Result<(), Malformed> {
-        if stream % 2 == 0 {
+        if stream.is_multiple_of(2) {
             return Err(Malformed);
         }
         if stream <= self.last_client_stream {
