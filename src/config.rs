@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::logtag::LogFormat;
-use crate::regions::{self, REGIONS};
+use crate::region_table::{self, REGIONS};
 
 /// One configuration variable: its name, the flag that mirrors it, its default and meaning.
 /// This table drives `--help`, flag parsing and the README's configuration table.
@@ -501,7 +501,7 @@ fn parse_region_list(p: &mut Parser) -> Vec<(usize, &'static str)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for name in v.text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match regions::index_of(name) {
+        match region_table::index_of(name) {
             None => p.errors.push(format!(
                 "{}: unknown region {name:?} (valid regions: {})",
                 v.origin,

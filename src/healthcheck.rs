@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::probe;
+use crate::http_client;
 
 pub fn run(config: &Config) -> i32 {
     let results = probe_all(config);
@@ -61,8 +61,8 @@ fn probe_all(config: &Config) -> Vec<Result<(), String>> {
 }
 
 fn check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    let response = probe::get_at(addr, path, timeout, 64 * 1024)?;
-    if probe::healthy(&response) {
+    let response = http_client::get_at(addr, path, timeout, 64 * 1024)?;
+    if http_client::healthy(&response) {
         Ok(())
     } else {
         Err(format!("{path} answered HTTP {}", response.status))

@@ -65,24 +65,24 @@ pub enum Event {
     Begin,
     Started {
         region: usize,
-        gen: u64,
+        generation: u64,
         pid: i32,
     },
     SpawnFailed {
         region: usize,
-        gen: u64,
+        generation: u64,
         error: String,
     },
     /// The child was reaped and all of its output has been handed to stdout.
     Exited {
         region: usize,
-        gen: u64,
+        generation: u64,
         status: ExitStatus,
         tail: Vec<String>,
     },
     Probed {
         region: usize,
-        gen: u64,
+        generation: u64,
         result: Result<(), String>,
     },
     /// SIGTERM, SIGINT or SIGQUIT.
@@ -101,11 +101,11 @@ pub enum Event {
 pub enum Action {
     Spawn {
         region: usize,
-        gen: u64,
+        generation: u64,
     },
     Probe {
         region: usize,
-        gen: u64,
+        generation: u64,
         timeout: Duration,
     },
     /// Signal the process group of `pid` (the supervisor sends it only if still unreaped).
@@ -146,9 +146,9 @@ pub enum Phase {
 }
 
 #[derive(Clone, Debug)]
-pub struct Region {
+pub struct RegionRecord {
     pub phase: Phase,
-    pub gen: u64,
+    pub generation: u64,
     /// The pid of the current child while it is unreaped.
     pub pid: Option<i32>,
     /// Consecutive failures (reset after stable health); decides backoff and give-up.
@@ -162,11 +162,11 @@ pub struct Region {
     reset_at: Option<Instant>,
 }
 
-impl Region {
-    fn new() -> Region {
-        Region {
+impl RegionRecord {
+    fn new() -> RegionRecord {
+        RegionRecord {
             phase: Phase::Stopped,
-            gen: 0,
+            generation: 0,
             pid: None,
             failures: 0,
             restarts: 0,
@@ -205,9 +205,9 @@ impl Region {
 }
 
 pub struct Policy {
-    s: Settings,
+    settings: Settings,
     names: Vec<&'static str>,
-    pub regions: Vec<Region>,
+    pub regions: Vec<RegionRecord>,
     /// Set once the supervisor is stopping (signal or give-up); no more restarts.
     stopping: bool,
     /// A second SIGTERM/SIGINT arrived: anything that starts is killed at once.
@@ -221,10 +221,10 @@ pub struct Policy {
 
 impl Policy {
     /// `names`: the selected regions, in the order the supervisor indexes them.
-    pub fn new(s: Settings, names: Vec<&'static str>) -> Policy {
+    pub fn new(settings: Settings, names: Vec<&'static str>) -> Policy {
         Policy {
-            s,
-            regions: names.iter().map(|_| Region::new()).collect(),
+            settings,
+            regions: names.iter().map(|_| RegionRecord::new()).collect(),
             names,
             stopping: false,
             killing: false,
@@ -243,20 +243,20 @@ impl Policy {
     pub fn on(&mut self, input: Event, now: Instant) -> Vec<Action> {
         match input {
             Event::Begin => (0..self.regions.len()).for_each(|r| self.spawn(r)),
-            Event::Started { region, gen, pid } => self.started(region, gen, pid, now),
-            Event::SpawnFailed { region, gen, error } => {
-                if gen == self.regions[region].gen {
+            Event::Started { region, generation, pid } => self.started(region, generation, pid, now),
+            Event::SpawnFailed { region, generation, error } => {
+                if generation == self.regions[region].generation {
                     self.log("error", Some(region), format!("cannot start: {error}"), vec![]);
                     self.ended(region, format!("could not be started: {error}"), vec![], now);
                 }
             }
-            Event::Exited { region, gen, status, tail } => {
-                if gen == self.regions[region].gen {
+            Event::Exited { region, generation, status, tail } => {
+                if generation == self.regions[region].generation {
                     self.exited(region, status, tail, now);
                 }
             }
-            Event::Probed { region, gen, result } => {
-                if gen == self.regions[region].gen {
+            Event::Probed { region, generation, result } => {
+                if generation == self.regions[region].generation {
                     self.probed(region, result, now);
                 }
             }
@@ -299,17 +299,17 @@ impl Policy {
 
     fn spawn(&mut self, r: usize) {
         let reg = &mut self.regions[r];
-        reg.gen += 1;
+        reg.generation += 1;
         reg.phase = Phase::Spawning;
         reg.probe_at = None;
         reg.probing = false;
         reg.probe_failures = 0;
         reg.reset_at = None;
-        self.out.push(Action::Spawn { region: r, gen: reg.gen });
+        self.out.push(Action::Spawn { region: r, generation: reg.generation });
     }
 
-    fn started(&mut self, r: usize, gen: u64, pid: i32, now: Instant) {
-        if gen != self.regions[r].gen {
+    fn started(&mut self, r: usize, generation: u64, pid: i32, now: Instant) {
+        if generation != self.regions[r].generation {
             return;
         }
         let attempt = self.regions[r].restarts;
@@ -317,13 +317,14 @@ impl Policy {
         self.log("info", Some(r), "started".into(), vec![("pid", json!(pid)), ("restarts", json!(attempt))]);
         if self.stopping {
             // A stop began while this spawn was under way: stop it right away.
-            self.regions[r].phase = Phase::Stopping { kill_at: Some(now + self.s.grace), restart: false };
+            self.regions[r].phase =
+                Phase::Stopping { kill_at: Some(now + self.settings.grace), restart: false };
             let signal = if self.killing { libc::SIGKILL } else { libc::SIGTERM };
             self.out.push(Action::Signal { region: r, pid, signal });
             return;
         }
         let reg = &mut self.regions[r];
-        reg.phase = Phase::Starting { deadline: now + self.s.startup_timeout };
+        reg.phase = Phase::Starting { deadline: now + self.settings.startup_timeout };
         reg.probe_at = Some(now + FIRST_PROBE);
     }
 
@@ -368,7 +369,7 @@ impl Policy {
         reg.probing = false;
         reg.probe_at = None;
         reg.reset_at = None;
-        let (failures, max) = (reg.failures, self.s.max_restarts);
+        let (failures, max) = (reg.failures, self.settings.max_restarts);
         if failures > max {
             reg.gave_up = true;
             self.exit_code = 1;
@@ -399,7 +400,7 @@ impl Policy {
     }
 
     fn report_give_up(&mut self, r: usize, cause: &str, tail: Vec<String>) {
-        let max = self.s.max_restarts;
+        let max = self.settings.max_restarts;
         self.log(
             "error",
             Some(r),
@@ -410,15 +411,15 @@ impl Policy {
 
     fn schedule_restart(&mut self, r: usize, now: Instant) {
         let failures = self.regions[r].failures;
-        let delay = self.s.backoff(failures);
+        let delay = self.settings.backoff(failures);
         self.regions[r].phase = Phase::Backoff { until: now + delay };
         self.log(
             "info",
             Some(r),
-            format!("restarting in {} (attempt {failures}/{})", human(delay), self.s.max_restarts),
+            format!("restarting in {} (attempt {failures}/{})", human(delay), self.settings.max_restarts),
             vec![
                 ("attempt", json!(failures)),
-                ("max_restarts", json!(self.s.max_restarts)),
+                ("max_restarts", json!(self.settings.max_restarts)),
                 ("delay_ms", json!(delay.as_millis() as u64)),
             ],
         );
@@ -431,7 +432,7 @@ impl Policy {
             self.regions[r].phase = Phase::Stopping { kill_at, restart };
             return;
         }
-        self.regions[r].phase = Phase::Stopping { kill_at: Some(now + self.s.grace), restart };
+        self.regions[r].phase = Phase::Stopping { kill_at: Some(now + self.settings.grace), restart };
         self.out.push(Action::Signal { region: r, pid, signal: libc::SIGTERM });
     }
 
@@ -489,14 +490,14 @@ impl Policy {
     }
 
     fn probed(&mut self, r: usize, result: Result<(), String>, now: Instant) {
-        let interval = self.s.probe_interval;
+        let interval = self.settings.probe_interval;
         let reg = &mut self.regions[r];
         reg.probing = false;
         match (reg.phase, result) {
             (Phase::Starting { .. }, Ok(())) => {
                 reg.phase = Phase::Ready;
                 reg.probe_at = Some(now + interval);
-                reg.reset_at = (reg.failures > 0).then_some(now + self.s.reset);
+                reg.reset_at = (reg.failures > 0).then_some(now + self.settings.reset);
                 self.log("info", Some(r), "ready".into(), vec![]);
             }
             (Phase::Starting { .. }, Err(_)) => reg.probe_at = Some(now + STARTUP_PROBE_EVERY),
@@ -505,7 +506,7 @@ impl Policy {
                 reg.phase = Phase::Ready;
                 reg.probe_failures = 0;
                 reg.probe_at = Some(now + interval);
-                reg.reset_at = (reg.failures > 0).then_some(now + self.s.reset);
+                reg.reset_at = (reg.failures > 0).then_some(now + self.settings.reset);
                 self.log("info", Some(r), "healthy again".into(), vec![]);
             }
             (Phase::Ready | Phase::Unhealthy, Err(why)) => {
@@ -513,7 +514,7 @@ impl Policy {
                 reg.probe_failures += 1;
                 reg.reset_at = None;
                 reg.probe_at = Some(now + interval);
-                let (n, limit) = (reg.probe_failures, self.s.liveness_failures);
+                let (n, limit) = (reg.probe_failures, self.settings.liveness_failures);
                 self.log(
                     "warn",
                     Some(r),
@@ -532,7 +533,7 @@ impl Policy {
         for r in 0..self.regions.len() {
             match self.regions[r].phase {
                 Phase::Starting { deadline } if now >= deadline => {
-                    let cause = format!("not ready within {}", human(self.s.startup_timeout));
+                    let cause = format!("not ready within {}", human(self.settings.startup_timeout));
                     self.failure(r, cause, None, now);
                 }
                 Phase::Stopping { kill_at: Some(t), restart } if now >= t => {
@@ -541,7 +542,7 @@ impl Policy {
                         self.log(
                             "warn",
                             Some(r),
-                            format!("still running after {}: killing", human(self.s.grace)),
+                            format!("still running after {}: killing", human(self.settings.grace)),
                             vec![],
                         );
                         self.out.push(Action::Signal { region: r, pid, signal: libc::SIGKILL });
@@ -560,7 +561,7 @@ impl Policy {
                 self.log(
                     "info",
                     Some(r),
-                    format!("healthy for {}: failure count reset", human(self.s.reset)),
+                    format!("healthy for {}: failure count reset", human(self.settings.reset)),
                     vec![],
                 );
             }
@@ -571,11 +572,11 @@ impl Policy {
                     Phase::Starting { deadline } => STARTUP_PROBE_TIMEOUT
                         .min(deadline.saturating_duration_since(now))
                         .max(Duration::from_millis(10)),
-                    _ => self.s.probe_interval.min(LIVENESS_PROBE_TIMEOUT),
+                    _ => self.settings.probe_interval.min(LIVENESS_PROBE_TIMEOUT),
                 };
                 reg.probing = true;
                 reg.probe_at = None;
-                self.out.push(Action::Probe { region: r, gen: reg.gen, timeout });
+                self.out.push(Action::Probe { region: r, generation: reg.generation, timeout });
             }
         }
     }
@@ -636,7 +637,7 @@ mod tests {
 
     impl Sim {
         fn new(regions: usize) -> Sim {
-            let names = crate::regions::REGIONS[..regions].to_vec();
+            let names = crate::region_table::REGIONS[..regions].to_vec();
             let mut sim = Sim { p: Policy::new(settings(), names), now: Instant::now(), actions: vec![] };
             sim.send(Event::Begin);
             sim
@@ -652,21 +653,21 @@ mod tests {
             self.send(Event::Tick)
         }
 
-        fn gen(&self, r: usize) -> u64 {
-            self.p.regions[r].gen
+        fn generation(&self, r: usize) -> u64 {
+            self.p.regions[r].generation
         }
 
         /// Start region r with `pid` and make it ready.
         fn up(&mut self, r: usize, pid: i32) {
-            let gen = self.gen(r);
-            self.send(Event::Started { region: r, gen, pid });
-            self.send(Event::Probed { region: r, gen, result: Ok(()) });
+            let generation = self.generation(r);
+            self.send(Event::Started { region: r, generation, pid });
+            self.send(Event::Probed { region: r, generation, result: Ok(()) });
             assert!(self.p.regions[r].is_ready());
         }
 
         fn exit(&mut self, r: usize, status: ExitStatus) -> &[Action] {
-            let gen = self.gen(r);
-            self.send(Event::Exited { region: r, gen, status, tail: vec!["last words".into()] })
+            let generation = self.generation(r);
+            self.send(Event::Exited { region: r, generation, status, tail: vec!["last words".into()] })
         }
 
         fn has(&self, want: &Action) -> bool {
@@ -703,9 +704,9 @@ mod tests {
             sim.exit(0, ExitStatus::Code(3));
             assert_eq!(sim.p.regions[0].state().as_str(), "backoff");
             assert!(sim.advance(delay - Duration::from_millis(1)).is_empty());
-            let gen = sim.gen(0);
+            let generation = sim.generation(0);
             sim.advance(Duration::from_millis(1));
-            assert!(sim.has(&Action::Spawn { region: 0, gen: gen + 1 }), "attempt {attempt}");
+            assert!(sim.has(&Action::Spawn { region: 0, generation: generation + 1 }), "attempt {attempt}");
             assert_eq!(sim.p.regions[0].restarts, attempt);
             sim.up(0, 100 + attempt as i32);
             delay *= 2;
@@ -736,8 +737,8 @@ mod tests {
         // Probes keep passing for 60s.
         for _ in 0..6 {
             sim.advance(Duration::from_secs(10));
-            let gen = sim.gen(0);
-            sim.send(Event::Probed { region: 0, gen, result: Ok(()) });
+            let generation = sim.generation(0);
+            sim.send(Event::Probed { region: 0, generation, result: Ok(()) });
         }
         assert_eq!(sim.p.regions[0].failures, 0);
         sim.exit(0, ExitStatus::Code(1));
@@ -750,8 +751,8 @@ mod tests {
     #[test]
     fn startup_timeout_stops_then_restarts() {
         let mut sim = Sim::new(1);
-        let gen = sim.gen(0);
-        sim.send(Event::Started { region: 0, gen, pid: 7 });
+        let generation = sim.generation(0);
+        sim.send(Event::Started { region: 0, generation, pid: 7 });
         sim.advance(Duration::from_secs(10));
         assert!(sim.has(&Action::Signal { region: 0, pid: 7, signal: libc::SIGTERM }));
         assert_eq!(sim.p.regions[0].failures, 1);
@@ -760,7 +761,7 @@ mod tests {
         sim.exit(0, ExitStatus::Signal(libc::SIGKILL));
         assert_eq!(sim.p.regions[0].state().as_str(), "backoff");
         sim.advance(Duration::from_secs(1));
-        assert!(sim.has(&Action::Spawn { region: 0, gen: gen + 1 }));
+        assert!(sim.has(&Action::Spawn { region: 0, generation: generation + 1 }));
     }
 
     #[test]
@@ -769,9 +770,9 @@ mod tests {
         sim.up(0, 5);
         for n in 1..=3 {
             sim.advance(Duration::from_secs(10));
-            let gen = sim.gen(0);
+            let generation = sim.generation(0);
             assert!(sim.actions.iter().any(|a| matches!(a, Action::Probe { .. })));
-            sim.send(Event::Probed { region: 0, gen, result: Err("timed out".into()) });
+            sim.send(Event::Probed { region: 0, generation, result: Err("timed out".into()) });
             assert_eq!(sim.p.regions[0].state().as_str(), "unhealthy");
             let stopped = sim.has(&Action::Signal { region: 0, pid: 5, signal: libc::SIGTERM });
             assert_eq!(stopped, n == 3, "probe {n}");
@@ -781,12 +782,12 @@ mod tests {
     #[test]
     fn zero_liveness_failures_never_restarts() {
         let mut sim = Sim::new(1);
-        sim.p.s.liveness_failures = 0;
+        sim.p.settings.liveness_failures = 0;
         sim.up(0, 5);
         for _ in 0..10 {
             sim.advance(Duration::from_secs(10));
-            let gen = sim.gen(0);
-            sim.send(Event::Probed { region: 0, gen, result: Err("503".into()) });
+            let generation = sim.generation(0);
+            sim.send(Event::Probed { region: 0, generation, result: Err("503".into()) });
             assert!(!sim.actions.iter().any(|a| matches!(a, Action::Signal { .. })));
         }
     }
@@ -831,8 +832,8 @@ mod tests {
         sim.exit(0, ExitStatus::Code(1)); // region 0 in backoff; region 1 still spawning
         sim.send(Event::Stop { signal: libc::SIGTERM });
         assert_eq!(sim.p.regions[0].state().as_str(), "stopped");
-        let gen = sim.gen(1);
-        sim.send(Event::Started { region: 1, gen, pid: 20 });
+        let generation = sim.generation(1);
+        sim.send(Event::Started { region: 1, generation, pid: 20 });
         assert!(sim.has(&Action::Signal { region: 1, pid: 20, signal: libc::SIGTERM }));
         sim.exit(1, ExitStatus::Code(0));
         assert_eq!(sim.exit_code(), Some(0));
@@ -851,18 +852,18 @@ mod tests {
     fn stale_generations_are_ignored() {
         let mut sim = Sim::new(1);
         sim.up(0, 10);
-        let old = sim.gen(0);
+        let old = sim.generation(0);
         sim.exit(0, ExitStatus::Code(1));
         sim.advance(Duration::from_secs(1));
-        sim.send(Event::Probed { region: 0, gen: old, result: Ok(()) });
+        sim.send(Event::Probed { region: 0, generation: old, result: Ok(()) });
         assert_eq!(sim.p.regions[0].state().as_str(), "starting");
     }
 
     #[test]
     fn spawn_failure_counts_as_failure() {
         let mut sim = Sim::new(1);
-        let gen = sim.gen(0);
-        sim.send(Event::SpawnFailed { region: 0, gen, error: "Exec format error".into() });
+        let generation = sim.generation(0);
+        sim.send(Event::SpawnFailed { region: 0, generation, error: "Exec format error".into() });
         assert_eq!(sim.p.regions[0].failures, 1);
         assert_eq!(sim.p.regions[0].state().as_str(), "backoff");
     }

@@ -41,7 +41,7 @@ const POLL_RETRY: Duration = Duration::from_millis(100);
 
 pub enum Msg {
     Spawn {
-        gen: u64,
+        generation: u64,
     },
     /// From the reaper: the child ended (a region has at most one child at a time).
     Exited {
@@ -98,7 +98,7 @@ pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
 }
 
 struct Child {
-    gen: u64,
+    generation: u64,
     /// Read ends of the child's stdout and stderr, indexed by `Stream`; `None` once closed.
     pipes: [Option<OwnedFd>; 2],
     status: Option<ExitStatus>,
@@ -216,7 +216,7 @@ impl Region {
         msgs.extend(self.rx.try_iter());
         for msg in msgs {
             match msg {
-                Msg::Spawn { gen } => self.spawn(gen),
+                Msg::Spawn { generation } => self.spawn(generation),
                 Msg::Exited { status } => self.note_exit(status),
                 Msg::Quit => return false,
             }
@@ -238,7 +238,7 @@ impl Region {
         self.child.as_ref().and_then(|c| c.pipes[stream as usize].as_ref()).map(|p| p.as_raw_fd())
     }
 
-    fn spawn(&mut self, gen: u64) {
+    fn spawn(&mut self, generation: u64) {
         let result = (|| {
             let (out_read, out_write) = log_pipe()?;
             let (err_read, err_write) = log_pipe()?;
@@ -255,10 +255,10 @@ impl Region {
         })();
         let event = match result {
             Ok((pid, pipes)) => {
-                self.child = Some(Child { gen, pipes, status: None });
-                Event::Started { region: self.setup.index, gen, pid }
+                self.child = Some(Child { generation, pipes, status: None });
+                Event::Started { region: self.setup.index, generation, pid }
             }
-            Err(e) => Event::SpawnFailed { region: self.setup.index, gen, error: e.to_string() },
+            Err(e) => Event::SpawnFailed { region: self.setup.index, generation, error: e.to_string() },
         };
         let _ = self.setup.events.send(event);
     }
@@ -360,7 +360,7 @@ impl Region {
         let Some(status) = child.status else { return };
         let _ = self.setup.events.send(Event::Exited {
             region: self.setup.index,
-            gen: child.gen,
+            generation: child.generation,
             status,
             tail: self.tagger.tail(),
         });

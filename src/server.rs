@@ -31,9 +31,9 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use crate::config::Config;
 use crate::exposition::{self, Family};
 use crate::front;
+use crate::http_client;
 use crate::observe::{self, RequestStats};
 use crate::output;
-use crate::probe;
 use crate::relay::{self, Reject};
 use crate::sys;
 use crate::view::{RegionState, RegionView, SharedView};
@@ -281,7 +281,8 @@ fn scrape_all(snap: &Snapshot, scrape: &Scrape) -> Vec<Option<Vec<Family>>> {
                     if !running {
                         return None;
                     }
-                    let response = probe::get(port, &scrape.path, scrape.timeout, SCRAPE_BODY_LIMIT).ok()?;
+                    let response =
+                        http_client::get(port, &scrape.path, scrape.timeout, SCRAPE_BODY_LIMIT).ok()?;
                     if response.status != 200 {
                         return None;
                     }
@@ -295,7 +296,7 @@ fn scrape_all(snap: &Snapshot, scrape: &Scrape) -> Vec<Option<Vec<Family>>> {
 }
 
 /// One of the supervisor's own families: a sample per region (or none, where `None`).
-struct Own {
+struct OwnFamily {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
@@ -309,20 +310,20 @@ struct Sample<'a> {
     scraped: bool,
 }
 
-const OWN: [Own; 7] = [
-    Own {
+const OWN_FAMILIES: [OwnFamily; 7] = [
+    OwnFamily {
         name: "supervisor_region_up",
         kind: "gauge",
         help: "1 when the region answers its health path",
         value: |s| Some(u8::from(s.region.state == RegionState::Ready).to_string()),
     },
-    Own {
+    OwnFamily {
         name: "supervisor_region_restarts_total",
         kind: "counter",
         help: "Restarts of the region since the supervisor started",
         value: |s| Some(s.region.restarts.to_string()),
     },
-    Own {
+    OwnFamily {
         name: "supervisor_region_start_time_seconds",
         kind: "gauge",
         help: "Unix time the region's current process started",
@@ -331,25 +332,25 @@ const OWN: [Own; 7] = [
             Some(format!("{:.3}", t.as_secs_f64()))
         },
     },
-    Own {
+    OwnFamily {
         name: "supervisor_region_resident_memory_bytes",
         kind: "gauge",
         help: "Resident memory of the region's current process",
         value: |s| s.usage.map(|(rss, _)| rss.to_string()),
     },
-    Own {
+    OwnFamily {
         name: "supervisor_region_cpu_seconds_total",
         kind: "counter",
         help: "CPU time of the region's current process",
         value: |s| s.usage.map(|(_, cpu)| format!("{cpu:.2}")),
     },
-    Own {
+    OwnFamily {
         name: "supervisor_region_log_lines_total",
         kind: "counter",
         help: "Log lines of the region written to stdout",
         value: |s| Some(s.region.stats.lines.load(Ordering::Relaxed).to_string()),
     },
-    Own {
+    OwnFamily {
         name: "supervisor_region_scrape_success",
         kind: "gauge",
         help: "1 when the region's own metrics were scraped and valid",
@@ -434,7 +435,7 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
         })
         .collect();
     let mut out = String::with_capacity(64 * 1024);
-    for own in &OWN {
+    for own in &OWN_FAMILIES {
         let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", own.name, own.help, own.name, own.kind);
         for s in &samples {
             if let Some(v) = (own.value)(s) {
@@ -454,7 +455,8 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
         "# HELP supervisor_build_info Version of region-supervisor\n# TYPE supervisor_build_info gauge"
     );
     let _ = writeln!(out, "supervisor_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-    let mut reserved: Vec<&str> = OWN.iter().map(|o| o.name).chain(RELAY.iter().map(|r| r.0)).collect();
+    let mut reserved: Vec<&str> =
+        OWN_FAMILIES.iter().map(|o| o.name).chain(RELAY.iter().map(|r| r.0)).collect();
     reserved.push(REJECTED);
     reserved.extend(observe::FAMILIES);
     reserved.push("supervisor_build_info");

@@ -15,10 +15,10 @@ use signal_hook::iterator::Signals;
 
 use crate::accept;
 use crate::config::{Config, Preflight};
+use crate::http_client;
 use crate::observe::RequestStats;
 use crate::output;
 use crate::policy::{Action, Event, Policy, Settings};
-use crate::probe;
 use crate::reaper::Registry;
 use crate::region::{self, Mailbox, Msg};
 use crate::relay::{self, Control, Gate};
@@ -232,8 +232,8 @@ impl Supervisor {
 
     fn act(&mut self, action: Action) -> Option<i32> {
         match action {
-            Action::Spawn { region, gen } => self.mailboxes[region].send(Msg::Spawn { gen }),
-            Action::Probe { region, gen, timeout } => self.probe(region, gen, timeout),
+            Action::Spawn { region, generation } => self.mailboxes[region].send(Msg::Spawn { generation }),
+            Action::Probe { region, generation, timeout } => self.probe(region, generation, timeout),
             Action::Signal { region: _, pid, signal } => {
                 // False when the child was reaped meanwhile: its Exited event is on its way,
                 // and a reaped pid is never signalled (it may belong to someone else by now).
@@ -249,23 +249,23 @@ impl Supervisor {
     }
 
     /// Probes on a short-lived thread so a hanging child never stalls the event loop.
-    fn probe(&self, region: usize, gen: u64, timeout: Duration) {
+    fn probe(&self, region: usize, generation: u64, timeout: Duration) {
         let port = self.config.regions[region].child_port;
         let path = self.config.health_path.clone();
         let events = self.events.clone();
         let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
-            let result = match probe::get(port, &path, timeout, PROBE_BODY_LIMIT) {
-                Ok(r) if probe::healthy(&r) => Ok(()),
+            let result = match http_client::get(port, &path, timeout, PROBE_BODY_LIMIT) {
+                Ok(r) if http_client::healthy(&r) => Ok(()),
                 Ok(r) => Err(format!("{path} answered HTTP {}", r.status)),
                 Err(e) => Err(e),
             };
-            let _ = events.send(Event::Probed { region, gen, result });
+            let _ = events.send(Event::Probed { region, generation, result });
         });
         if let Err(e) = spawned {
             // Out of threads: report the probe as failed rather than lose track of it.
             let _ = self.events.send(Event::Probed {
                 region,
-                gen,
+                generation,
                 result: Err(format!("cannot start a probe thread: {e}")),
             });
         }

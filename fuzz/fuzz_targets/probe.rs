@@ -1,10 +1,10 @@
 //! The probe's HTTP response parser, read whole and one byte at a time.
 #![no_main]
 
-#[path = "../../src/probe.rs"]
+#[path = "../../src/http_client.rs"]
 #[allow(dead_code)]
-mod probe;
+mod http_client;
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| probe::fuzz(data));
+fuzz_target!(|data: &[u8]| http_client::fuzz(data));
