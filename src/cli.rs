@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::config::SETTINGS;
+use crate::time::duration_forms;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -104,14 +105,16 @@ Configuration (environment variable, or the flag that mirrors it; flags win):
         let flag = if s.flag == "--quiet" { "--quiet".to_string() } else { format!("{} VALUE", s.flag) };
         let _ = writeln!(h, "  {:<30} {}\n  {:<30} {} (default: {})", s.env, flag, "", s.help, s.default);
     }
-    h.push_str(
+    h.push_str(concat!(
         "
-Durations: 250ms, 5s, 2m, or whole seconds. Sizes: 65536, 64KiB, 1MiB.
+Durations: ",
+        duration_forms!(),
+        ". Sizes: 65536, 64KiB, 1MiB.
 SUPERVISOR_SHUTDOWN_GRACE falls back to TERMINATION_GRACE_SECONDS when unset.
 Each region's child gets FINFOCUS_PLUGIN_PORT, PORT and REGION, and the supervisor's whole
 environment.
 ",
-    );
+    ));
     h
 }
 

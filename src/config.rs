@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::logtag::LogFormat;
 use crate::region_table::{self, REGIONS};
+use crate::time::{duration_forms, parse_duration};
 
 /// One configuration variable: its name, the flag that mirrors it, its default and meaning.
 /// This table drives `--help`, flag parsing and the README's configuration table.
@@ -280,8 +281,8 @@ impl Parser<'_> {
     }
 }
 
-const DURATION: &str = "a duration (use 250ms, 5s, 2m, 1h, or whole seconds)";
-const POSITIVE_DURATION: &str = "a duration above zero (use 250ms, 5s, 2m, 1h, or whole seconds)";
+const DURATION: &str = concat!("a duration (use ", duration_forms!(), ")");
+const POSITIVE_DURATION: &str = concat!("a duration above zero (use ", duration_forms!(), ")");
 
 /// The default of a setting, as the table writes it.
 fn default_of(env: &str) -> &'static str {
@@ -457,9 +458,7 @@ fn parse_grace(p: &mut Parser) -> Duration {
     match fallback {
         Some(text) if p.value("SUPERVISOR_SHUTDOWN_GRACE").is_none() => parse_duration(text.trim())
             .unwrap_or_else(|| {
-                p.errors.push(format!(
-                    "{GRACE_FALLBACK}: {text:?} is not a duration (use whole seconds, or 250ms, 5s, 2m)"
-                ));
+                p.errors.push(format!("{GRACE_FALLBACK}: {text:?} is not {DURATION}"));
                 parse_duration(default_of("SUPERVISOR_SHUTDOWN_GRACE")).expect("the default parses")
             }),
         _ => p.duration("SUPERVISOR_SHUTDOWN_GRACE"),
@@ -514,21 +513,6 @@ fn parse_region_list(p: &mut Parser) -> Vec<(usize, &'static str)> {
         }
     }
     out
-}
-
-/// `250ms`, `5s`, `2m`, `1h`, or a bare whole number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let ms = match unit {
-        "" | "s" => n.checked_mul(1000)?,
-        "ms" => n,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
 }
 
 /// `65536`, `64KiB`, `1MiB`, `1GiB`.

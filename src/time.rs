@@ -1,6 +1,31 @@
-//! Wall-clock time as the logs print it.
+//! Time as the supervisor reads and prints it: durations of the configuration (also read by
+//! the stand-in, which includes this file), and wall-clock time as the logs print it. Pure
+//! functions, used by any thread.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The forms a duration takes, as the help and the error messages say it.
+macro_rules! duration_forms {
+    () => {
+        "250ms, 5s, 2m, 1h, or whole seconds"
+    };
+}
+pub(crate) use duration_forms;
+
+/// `250ms`, `5s`, `2m`, `1h`, or a bare whole number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        "" | "s" => n.checked_mul(1000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
 
 /// `2026-11-22T06:41:50.123Z`: RFC 3339, UTC, milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {

@@ -25,7 +25,8 @@
 //! | `STANDIN_NO_METRICS=1` | `/metrics` answers 404 |
 //! | `STANDIN_SERIES=<n>` | add n extra series to `/metrics` |
 //!
-//! Durations: `250ms`, `2s`, `1m` or whole seconds.
+//! Durations as the supervisor reads them (`250ms`, `2s`, `1m`, `1h` or whole seconds): the
+//! parser is the supervisor's own (`src/time.rs`).
 
 use std::io::Write;
 use std::process::Command;
@@ -36,6 +37,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
+
+// The supervisor's duration parser; the rest of the file is not used here.
+#[path = "../src/time.rs"]
+#[allow(dead_code, unused_imports, unused_macros)]
+mod time;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -69,7 +75,7 @@ fn main() {
         "starting aws-public pricing plugin",
         &format!(",\"plugin_region\":\"{region}\",\"port\":{port},\"inherited_fds\":{inherited:?}"),
     );
-    if let Some(d) = mode("STANDIN_START_DELAY").and_then(|v| duration(&v)) {
+    if let Some(d) = mode("STANDIN_START_DELAY").and_then(|v| time::parse_duration(&v)) {
         thread::sleep(d);
     }
     // Like Go's net/http, answer without Nagle delays (Go sets TCP_NODELAY on every connection;
@@ -101,7 +107,7 @@ fn main() {
     let _ = std::io::stdout().flush();
     log("info", "plugin listening", &format!(",\"addr\":\"127.0.0.1:{port}\""));
 
-    if let Some(d) = mode("STANDIN_CRASH_AFTER").and_then(|v| duration(&v)) {
+    if let Some(d) = mode("STANDIN_CRASH_AFTER").and_then(|v| time::parse_duration(&v)) {
         let code: i32 = mode("STANDIN_EXIT_CODE").and_then(|v| v.parse().ok()).unwrap_or(3);
         thread::spawn(move || {
             thread::sleep(d);
@@ -143,7 +149,7 @@ fn main() {
     let state = Arc::new(State {
         started: Instant::now(),
         never_ready: mode("STANDIN_NEVER_READY").is_some(),
-        unhealthy_after: mode("STANDIN_UNHEALTHY_AFTER").and_then(|v| duration(&v)),
+        unhealthy_after: mode("STANDIN_UNHEALTHY_AFTER").and_then(|v| time::parse_duration(&v)),
         no_metrics: mode("STANDIN_NO_METRICS").is_some(),
         series: mode("STANDIN_SERIES").and_then(|v| v.parse().ok()).unwrap_or(0),
         region,
@@ -362,17 +368,6 @@ fn setting(name: &str, region: &str) -> Option<String> {
         let (r, v) = entry.split_once('@')?;
         (r.trim() == region).then(|| v.trim().to_string())
     })
-}
-
-fn duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..split].parse().ok()?;
-    match &s[split..] {
-        "" | "s" => Some(Duration::from_secs(n)),
-        "ms" => Some(Duration::from_millis(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
-    }
 }
 
 /// One zerolog-style line on stderr.

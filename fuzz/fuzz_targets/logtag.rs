@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod logtag;
 #[path = "../../src/time.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports, unused_macros)]
 mod time;
 
 use libfuzzer_sys::fuzz_target;
