@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::exit::Exit;
 use crate::http_client;
 
-pub fn run(config: &Config) -> i32 {
+pub fn run(config: &Config) -> Exit {
     let results = probe_all(config);
     let mut out = std::io::stdout().lock();
     let mut unhealthy = 0;
@@ -30,10 +31,10 @@ pub fn run(config: &Config) -> i32 {
     let total = config.regions.len();
     if unhealthy == 0 {
         let _ = writeln!(out, "all {total} regions healthy");
-        0
+        Exit::Ok
     } else {
         let _ = writeln!(out, "{unhealthy} of {total} regions unhealthy");
-        1
+        Exit::Failure
     }
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 #[cfg(test)]
 mod corpus;
+mod exit;
 mod exposition;
 mod front;
 mod healthcheck;
@@ -35,16 +36,14 @@ use std::process::ExitCode;
 
 use cli::Command;
 use config::Config;
-
-/// Exit code of bad usage or configuration: nothing was started.
-const USAGE: u8 = 2;
+use exit::Exit;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
-    ExitCode::from(run(&args))
+    run(&args).into()
 }
 
-fn run(args: &[String]) -> u8 {
+fn run(args: &[String]) -> Exit {
     let invocation = match cli::parse(args) {
         Ok(i) => i,
         Err(e) => return fail(&[e]),
@@ -52,11 +51,11 @@ fn run(args: &[String]) -> u8 {
     match invocation.command {
         Command::Help => {
             print!("{}", cli::help());
-            return 0;
+            return Exit::Ok;
         }
         Command::Version => {
             println!("region-supervisor {}", env!("CARGO_PKG_VERSION"));
-            return 0;
+            return Exit::Ok;
         }
         _ => {}
     }
@@ -69,7 +68,7 @@ fn run(args: &[String]) -> u8 {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("region-supervisor: cannot install signal handlers: {e}");
-                return 1;
+                return Exit::Failure;
             }
         },
         _ => None,
@@ -82,14 +81,14 @@ fn run(args: &[String]) -> u8 {
     match (invocation.command, signals) {
         (Command::Regions { json: true }, _) => println!("{}", config.plan_json()),
         (Command::Regions { json: false }, _) => print!("{}", config.plan_text()),
-        (Command::Healthcheck, _) => return healthcheck::run(&config) as u8,
+        (Command::Healthcheck, _) => return healthcheck::run(&config),
         (_, Some(signals)) => return supervise(config, signals),
         (_, None) => unreachable!("run installs its handlers above"),
     }
-    0
+    Exit::Ok
 }
 
-fn supervise(config: Config, signals: signal_hook::iterator::Signals) -> u8 {
+fn supervise(config: Config, signals: signal_hook::iterator::Signals) -> Exit {
     sys::cloexec_inherited_fds();
     sys::raise_nofile_limit();
     let path = std::env::var("PATH").ok();
@@ -97,16 +96,16 @@ fn supervise(config: Config, signals: signal_hook::iterator::Signals) -> u8 {
         Ok(p) => p,
         Err(errors) => return fail(&errors),
     };
-    supervisor::run(config, preflight, signals) as u8
+    supervisor::run(config, preflight, signals)
 }
 
 /// Prints every problem once, with the program's name, and returns the usage exit code.
-fn fail(errors: &[String]) -> u8 {
+fn fail(errors: &[String]) -> Exit {
     let mut text = String::new();
     for e in errors {
         text.push_str(&format!("region-supervisor: {e}\n"));
     }
     text.push_str("region-supervisor: nothing was started (see --help)\n");
     eprint!("{text}");
-    USAGE
+    Exit::Usage
 }

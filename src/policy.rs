@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::{Config, BACKOFF_CAP};
+use crate::exit::Exit;
 use crate::sys::{signal_name, ExitStatus};
 use crate::view::RegionState;
 
@@ -120,7 +121,7 @@ pub enum Action {
         message: String,
         fields: Vec<(&'static str, Value)>,
     },
-    Exit(i32),
+    Exit(Exit),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,7 +213,7 @@ pub struct Policy {
     stopping: bool,
     /// A second SIGTERM/SIGINT arrived: anything that starts is killed at once.
     killing: bool,
-    exit_code: i32,
+    exit: Exit,
     /// The region that gave up, and why, until its last output is known.
     give_up: Option<(usize, String)>,
     finished: bool,
@@ -228,7 +229,7 @@ impl Policy {
             names,
             stopping: false,
             killing: false,
-            exit_code: 0,
+            exit: Exit::Ok,
             give_up: None,
             finished: false,
             out: Vec::new(),
@@ -372,7 +373,7 @@ impl Policy {
         let (failures, max) = (reg.failures, self.settings.max_restarts);
         if failures > max {
             reg.gave_up = true;
-            self.exit_code = 1;
+            self.exit = Exit::Failure;
             match tail {
                 Some(tail) => {
                     self.regions[r].phase = Phase::Failed;
@@ -587,7 +588,7 @@ impl Policy {
         }
         if self.regions.iter().all(|r| matches!(r.phase, Phase::Stopped | Phase::Failed)) {
             self.finished = true;
-            self.out.push(Action::Exit(self.exit_code));
+            self.out.push(Action::Exit(self.exit));
         }
     }
 }
@@ -674,7 +675,7 @@ mod tests {
             self.actions.iter().any(|a| a == want)
         }
 
-        fn exit_code(&self) -> Option<i32> {
+        fn exit_code(&self) -> Option<Exit> {
             self.actions.iter().find_map(|a| if let Action::Exit(c) = a { Some(*c) } else { None })
         }
     }
@@ -723,7 +724,7 @@ mod tests {
         assert!(fields.contains(&("last_lines", json!(["last words"]))));
         assert_eq!(sim.exit_code(), None, "waits for the other region");
         sim.exit(1, ExitStatus::Code(0));
-        assert_eq!(sim.exit_code(), Some(1));
+        assert_eq!(sim.exit_code(), Some(Exit::Failure));
     }
 
     #[test]
@@ -804,7 +805,7 @@ mod tests {
         assert_eq!(sim.exit_code(), None);
         // An exit during the stop is not a failure.
         sim.exit(1, ExitStatus::Signal(libc::SIGTERM));
-        assert_eq!(sim.exit_code(), Some(0));
+        assert_eq!(sim.exit_code(), Some(Exit::Ok));
         assert_eq!(sim.p.regions[1].failures, 0);
     }
 
@@ -822,7 +823,7 @@ mod tests {
         sim.send(Event::Stop { signal: libc::SIGTERM });
         assert!(sim.has(&Action::Signal { region: 0, pid: 10, signal: libc::SIGKILL }));
         sim.exit(0, ExitStatus::Signal(libc::SIGKILL));
-        assert_eq!(sim.exit_code(), Some(0));
+        assert_eq!(sim.exit_code(), Some(Exit::Ok));
     }
 
     #[test]
@@ -836,7 +837,7 @@ mod tests {
         sim.send(Event::Started { region: 1, generation, pid: 20 });
         assert!(sim.has(&Action::Signal { region: 1, pid: 20, signal: libc::SIGTERM }));
         sim.exit(1, ExitStatus::Code(0));
-        assert_eq!(sim.exit_code(), Some(0));
+        assert_eq!(sim.exit_code(), Some(Exit::Ok));
     }
 
     #[test]

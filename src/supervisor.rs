@@ -15,6 +15,7 @@ use signal_hook::iterator::Signals;
 
 use crate::accept;
 use crate::config::{Config, Preflight};
+use crate::exit::Exit;
 use crate::http_client;
 use crate::observe::RequestStats;
 use crate::output;
@@ -36,12 +37,12 @@ const RESERVED_FDS: usize = 16;
 const RESERVED_FDS_PER_REGION: usize = 4;
 
 /// Supervises until stopped; returns the process exit code (0 signal stop, 1 gave up).
-pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> i32 {
+pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
     let writer = output::start();
     if stop_pending(&mut signals) {
-        output::info(None, "stopped before any region started", &[("exit_code", 0.into())]);
+        output::info(None, "stopped before any region started", &[("exit_code", Exit::Ok.code().into())]);
         output::flush(Duration::from_secs(1));
-        return 0;
+        return Exit::Ok;
     }
     if sys::getpid() != 1 {
         if let Err(e) = sys::become_subreaper() {
@@ -60,7 +61,7 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> i32 {
         Err(e) => {
             output::error(None, &e, &[]);
             output::flush(Duration::from_secs(1));
-            return 1;
+            return Exit::Failure;
         }
     };
     let view = initial_view(&config, &stats, &relay_stats);
@@ -192,12 +193,12 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn event_loop(&mut self, inbox: crossbeam_channel::Receiver<Event>) -> i32 {
+    fn event_loop(&mut self, inbox: crossbeam_channel::Receiver<Event>) -> Exit {
         // A stop signal that arrived while the threads were being started: start nothing.
         let mut early: std::collections::VecDeque<Event> = inbox.try_iter().collect();
         if early.iter().any(|e| matches!(e, Event::Stop { .. })) {
             output::info(None, "stopped before any region started", &[]);
-            return 0;
+            return Exit::Ok;
         }
         let mut event = Event::Begin;
         loop {
@@ -220,17 +221,17 @@ impl Supervisor {
                 Some(deadline) => match inbox.recv_deadline(deadline) {
                     Ok(e) => e,
                     Err(RecvTimeoutError::Timeout) => Event::Tick,
-                    Err(RecvTimeoutError::Disconnected) => return 1,
+                    Err(RecvTimeoutError::Disconnected) => return Exit::Failure,
                 },
                 None => match inbox.recv() {
                     Ok(e) => e,
-                    Err(_) => return 1,
+                    Err(_) => return Exit::Failure,
                 },
             };
         }
     }
 
-    fn act(&mut self, action: Action) -> Option<i32> {
+    fn act(&mut self, action: Action) -> Option<Exit> {
         match action {
             Action::Spawn { region, generation } => self.mailboxes[region].send(Msg::Spawn { generation }),
             Action::Probe { region, generation, timeout } => self.probe(region, generation, timeout),
@@ -243,7 +244,7 @@ impl Supervisor {
                 let name = region.map(|r| self.config.regions[r].name);
                 output::event(level, name, &message, &fields);
             }
-            Action::Exit(code) => return Some(code),
+            Action::Exit(exit) => return Some(exit),
         }
         None
     }
@@ -279,7 +280,7 @@ impl Supervisor {
         server: Option<server::Handle>,
         signal_handle: signal_hook::iterator::Handle,
         stats: &[Arc<LogStats>],
-        code: i32,
+        exit: Exit,
     ) {
         for relay in self.relays.drain(..) {
             relay.quit();
@@ -300,7 +301,7 @@ impl Supervisor {
             None,
             "stopped",
             &[
-                ("exit_code", code.into()),
+                ("exit_code", exit.code().into()),
                 ("orphans_reaped", self.registry.orphans_reaped().into()),
                 ("lines_dropped", (dropped_lines + lost).into()),
                 ("events_dropped", dropped.into()),
