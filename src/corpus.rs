@@ -1,5 +1,7 @@
 //! Stored fuzz inputs (`tests/corpus/<target>/`), replayed by each module's `corpus_regression`
 //! test so that what the fuzzer found stays fixed on the stable toolchain.
+//!
+//! Compiled for tests only; runs on the calling test's thread.
 
 use std::path::PathBuf;
 

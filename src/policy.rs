@@ -199,6 +199,13 @@ impl RegionRecord {
         matches!(self.phase, Phase::Ready | Phase::Unhealthy)
     }
 
+    /// No probe due or under way, no failure count reset pending: the child is gone or going.
+    fn stop_timers(&mut self) {
+        self.probe_at = None;
+        self.probing = false;
+        self.reset_at = None;
+    }
+
     #[cfg(test)]
     fn is_ready(&self) -> bool {
         self.phase == Phase::Ready
@@ -302,10 +309,8 @@ impl Policy {
         let reg = &mut self.regions[r];
         reg.generation += 1;
         reg.phase = Phase::Spawning;
-        reg.probe_at = None;
-        reg.probing = false;
+        reg.stop_timers();
         reg.probe_failures = 0;
-        reg.reset_at = None;
         self.out.push(Action::Spawn { region: r, generation: reg.generation });
     }
 
@@ -332,9 +337,7 @@ impl Policy {
     fn exited(&mut self, r: usize, status: ExitStatus, tail: Vec<String>, now: Instant) {
         let reg = &mut self.regions[r];
         reg.pid = None;
-        reg.probing = false;
-        reg.probe_at = None;
-        reg.reset_at = None;
+        reg.stop_timers();
         reg.last_exit = Some(status.to_string());
         let expected = matches!(reg.phase, Phase::Stopping { .. });
         let level = if expected { "info" } else { "warn" };
@@ -367,9 +370,7 @@ impl Policy {
     fn failure(&mut self, r: usize, cause: String, tail: Option<Vec<String>>, now: Instant) {
         let reg = &mut self.regions[r];
         reg.failures += 1;
-        reg.probing = false;
-        reg.probe_at = None;
-        reg.reset_at = None;
+        reg.stop_timers();
         let (failures, max) = (reg.failures, self.settings.max_restarts);
         if failures > max {
             reg.gave_up = true;

@@ -1,7 +1,7 @@
 //! Property test: arbitrary byte streams, fed in arbitrary chunks, against a simple batch
 //! model of the rules, with an independent JSON checker that counts keys on the raw text (one
-//! `region`, first). The
-//! fuzz target (`fuzz/`) runs the same check, `tagged_like_the_model`, on its inputs.
+//! `region`, first). The fuzz target (`fuzz/`) runs the same check, `tagged_like_the_model`,
+//! on its inputs.
 //!
 //! Compiled for tests and for the fuzz target only.
 
