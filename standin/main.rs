@@ -51,25 +51,12 @@ fn main() {
         _ => {}
     }
     // Before anything opens a descriptor: what did we inherit beyond stdin/stdout/stderr?
-    let inherited: Vec<i32> = (3..1024)
-        // SAFETY: F_GETFD only asks whether the descriptor number is open.
-        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
-        .collect();
+    let inherited = inherited_fds();
     let region = std::env::var("REGION").unwrap_or_else(|_| "unknown".into());
-    let port: u16 =
-        match std::env::var("FINFOCUS_PLUGIN_PORT").or_else(|_| std::env::var("PORT")).map(|p| p.parse()) {
-            Ok(Ok(p)) => p,
-            _ => {
-                log("error", "FINFOCUS_PLUGIN_PORT (or PORT) must be a port number", "");
-                std::process::exit(2);
-            }
-        };
+    let port = port_from_env();
     let mode = |name: &str| setting(name, &region);
-    let signals =
-        Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2]).expect("signal handlers");
     let ignore_term = mode("STANDIN_IGNORE_SIGTERM").is_some_and(|v| v == "1" || v == "true");
-    thread::spawn(move || watch_signals(signals, ignore_term));
-
+    watch_signals_in_background(ignore_term);
     log(
         "info",
         "starting aws-public pricing plugin",
@@ -78,6 +65,55 @@ fn main() {
     if let Some(d) = mode("STANDIN_START_DELAY").and_then(|v| time::parse_duration(&v)) {
         thread::sleep(d);
     }
+    let server = listen(port);
+    println!("PORT={port}");
+    let _ = std::io::stdout().flush();
+    log("info", "plugin listening", &format!(",\"addr\":\"127.0.0.1:{port}\""));
+    start_failure_modes(&mode, &region);
+    start_bulk_output(&mode);
+    let state = Arc::new(State {
+        started: Instant::now(),
+        never_ready: mode("STANDIN_NEVER_READY").is_some(),
+        unhealthy_after: mode("STANDIN_UNHEALTHY_AFTER").and_then(|v| time::parse_duration(&v)),
+        no_metrics: mode("STANDIN_NO_METRICS").is_some(),
+        series: mode("STANDIN_SERIES").and_then(|v| v.parse().ok()).unwrap_or(0),
+        region,
+        health_requests: AtomicU64::new(0),
+        metrics_requests: AtomicU64::new(0),
+    });
+    for request in server.incoming_requests() {
+        let state = state.clone();
+        thread::spawn(move || serve(request, &state));
+    }
+}
+
+/// The descriptors above stderr that are open: a supervisor must pass on none.
+fn inherited_fds() -> Vec<i32> {
+    (3..1024)
+        // SAFETY: F_GETFD only asks whether the descriptor number is open.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+        .collect()
+}
+
+/// `FINFOCUS_PLUGIN_PORT`, else `PORT`, as the real plugin reads them; exit 2 without one.
+fn port_from_env() -> u16 {
+    match std::env::var("FINFOCUS_PLUGIN_PORT").or_else(|_| std::env::var("PORT")).map(|p| p.parse()) {
+        Ok(Ok(p)) => p,
+        _ => {
+            log("error", "FINFOCUS_PLUGIN_PORT (or PORT) must be a port number", "");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn watch_signals_in_background(ignore_term: bool) {
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2]).expect("signal handlers");
+    thread::spawn(move || watch_signals(signals, ignore_term));
+}
+
+/// Listens on 127.0.0.1 only, as the real plugin does; exit 1 when the port is taken.
+fn listen(port: u16) -> tiny_http::Server {
     // Like Go's net/http, answer without Nagle delays (Go sets TCP_NODELAY on every connection;
     // Linux copies it from the listener to accepted sockets).
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).inspect(|l| {
@@ -93,7 +129,7 @@ fn main() {
             )
         };
     });
-    let server = match listener
+    match listener
         .map_err(|e| e.to_string())
         .and_then(|l| tiny_http::Server::from_listener(l, None).map_err(|e| e.to_string()))
     {
@@ -102,11 +138,11 @@ fn main() {
             log("error", &format!("cannot listen on 127.0.0.1:{port}: {e}"), "");
             std::process::exit(1);
         }
-    };
-    println!("PORT={port}");
-    let _ = std::io::stdout().flush();
-    log("info", "plugin listening", &format!(",\"addr\":\"127.0.0.1:{port}\""));
+    }
+}
 
+/// The failure modes that act once the plugin listens: a crash timer, orphans, odd log lines.
+fn start_failure_modes(mode: &dyn Fn(&str) -> Option<String>, region: &str) {
     if let Some(d) = mode("STANDIN_CRASH_AFTER").and_then(|v| time::parse_duration(&v)) {
         let code: i32 = mode("STANDIN_EXIT_CODE").and_then(|v| v.parse().ok()).unwrap_or(3);
         thread::spawn(move || {
@@ -125,12 +161,15 @@ fn main() {
         log("info", &format!("left {n} orphans behind"), "");
     }
     if mode("STANDIN_TRICKY_LOGS").is_some() {
-        tricky_logs(&region);
+        tricky_logs(region);
     }
     if mode("STANDIN_SPLIT_LINES").is_some() {
         split_lines();
     }
-    // Bulk output runs beside the HTTP server, so the plugin is ready while it writes.
+}
+
+/// Bulk output runs beside the HTTP server, so the plugin is ready while it writes.
+fn start_bulk_output(mode: &dyn Fn(&str) -> Option<String>) {
     let spew_lines = mode("STANDIN_SPEW").and_then(|v| v.parse::<u64>().ok());
     let replay = mode("STANDIN_REPLAY");
     let long_line = mode("STANDIN_LONG_LINE").and_then(|v| v.parse::<u64>().ok());
@@ -145,21 +184,6 @@ fn main() {
             replay_file(&path);
         }
     });
-
-    let state = Arc::new(State {
-        started: Instant::now(),
-        never_ready: mode("STANDIN_NEVER_READY").is_some(),
-        unhealthy_after: mode("STANDIN_UNHEALTHY_AFTER").and_then(|v| time::parse_duration(&v)),
-        no_metrics: mode("STANDIN_NO_METRICS").is_some(),
-        series: mode("STANDIN_SERIES").and_then(|v| v.parse().ok()).unwrap_or(0),
-        region,
-        health_requests: AtomicU64::new(0),
-        metrics_requests: AtomicU64::new(0),
-    });
-    for request in server.incoming_requests() {
-        let state = state.clone();
-        thread::spawn(move || serve(request, &state));
-    }
 }
 
 struct State {
