@@ -124,31 +124,8 @@ fn writer(rx: Receiver<Batch>) {
     let mut replies = Vec::new();
     let mut broken = false;
     while let Ok(first) = rx.recv() {
-        // Gather what is queued (up to a chunk) and write it with one writev: no copying.
-        let (mut lines, mut size, mut events) = (0, 0, 0);
-        let mut tokens = 0; // the first `tokens` entries of `batches` are line buffers to return
-        let mut next = Some(first);
-        while let Some(batch) = next.take() {
-            match batch {
-                Batch::Lines { bytes, lines: n } => {
-                    size += bytes.len();
-                    lines += n;
-                    tokens += 1;
-                    batches.push((true, bytes));
-                }
-                Batch::Event(bytes) => {
-                    size += bytes.len();
-                    lines += 1;
-                    events += 1;
-                    batches.push((false, bytes));
-                }
-                Batch::Flush(reply) => replies.push(reply),
-            }
-            if size < WRITE_CHUNK {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !broken && size > 0 {
+        let gathered = gather(first, &rx, &mut batches, &mut replies);
+        if !broken && gathered.size > 0 {
             if let Err(e) = write_all_vectored(&mut stdout, &batches) {
                 // Typically EPIPE (Rust ignores SIGPIPE): nobody reads our stdout any more.
                 // Keep draining so no region blocks forever, and count what is lost.
@@ -157,20 +134,63 @@ fn writer(rx: Receiver<Batch>) {
             }
         }
         if broken {
-            out.lines_lost.fetch_add(lines, Ordering::Relaxed);
+            out.lines_lost.fetch_add(gathered.lines, Ordering::Relaxed);
         }
-        out.queued_events.fetch_sub(events, Ordering::Relaxed);
-        debug_assert_eq!(batches.iter().filter(|(t, _)| *t).count(), tokens);
-        for (token, mut buf) in batches.drain(..) {
-            if token {
-                buf.clear();
-                // A buffer that grew for an odd burst is not kept that large.
-                buf.shrink_to(MAX_KEPT_BUFFER);
-                let _ = out.tokens_back.send(buf);
-            }
-        }
+        out.queued_events.fetch_sub(gathered.events, Ordering::Relaxed);
+        give_back(out, &mut batches);
         for reply in replies.drain(..) {
             let _ = reply.send(());
+        }
+    }
+}
+
+/// What one round of the writer took from the queue.
+struct Gathered {
+    lines: u64,
+    size: usize,
+    events: usize,
+}
+
+/// Takes `first` and what else is queued, up to a chunk, so one writev writes it all without
+/// copying: bytes into `batches`, flush requests into `replies`.
+fn gather(
+    first: Batch,
+    rx: &Receiver<Batch>,
+    batches: &mut Vec<(bool, Vec<u8>)>,
+    replies: &mut Vec<Sender<()>>,
+) -> Gathered {
+    let mut g = Gathered { lines: 0, size: 0, events: 0 };
+    let mut next = Some(first);
+    while let Some(batch) = next.take() {
+        match batch {
+            Batch::Lines { bytes, lines } => {
+                g.size += bytes.len();
+                g.lines += lines;
+                batches.push((true, bytes));
+            }
+            Batch::Event(bytes) => {
+                g.size += bytes.len();
+                g.lines += 1;
+                g.events += 1;
+                batches.push((false, bytes));
+            }
+            Batch::Flush(reply) => replies.push(reply),
+        }
+        if g.size < WRITE_CHUNK {
+            next = rx.try_recv().ok();
+        }
+    }
+    g
+}
+
+/// Returns the written line buffers to the regions (each is a token of the bounded pool).
+fn give_back(out: &Output, batches: &mut Vec<(bool, Vec<u8>)>) {
+    for (token, mut buf) in batches.drain(..) {
+        if token {
+            buf.clear();
+            // A buffer that grew for an odd burst is not kept that large.
+            buf.shrink_to(MAX_KEPT_BUFFER);
+            let _ = out.tokens_back.send(buf);
         }
     }
 }
