@@ -98,20 +98,8 @@ pub(super) fn compact_object(
             | (shift(punct, punct_before, 1) & punct)
             | (shift(closes, closes_before, 1) & !punct);
         // Closing quotes of keys of six bytes: is one of them `region`?
-        let mut six = shift(key_marks, key_marks_before, 8) & closes;
-        while six != 0 {
-            let at = base + six.trailing_zeros() as usize;
-            has_region |= &s[at - 7..=at] == b"\"region\"";
-            six &= six - 1;
-        }
-        let mut starts = scalars & !shift(scalars, scalars_before, 1);
-        while starts != 0 {
-            let at = base + starts.trailing_zeros() as usize;
-            let end = scalar_end(s, at);
-            let ok = end.is_some_and(|e| e == n - 1 || s.get(e) == Some(&b','));
-            bad |= u64::from(!ok);
-            starts &= starts - 1;
-        }
+        has_region |= any_region_key(s, base, shift(key_marks, key_marks_before, 8) & closes);
+        bad |= u64::from(!scalars_end_well(s, base, scalars & !shift(scalars, scalars_before, 1)));
         (closes_before, punct_before, scalars_before, key_marks_before) = (closes, punct, scalars, key_marks);
         base += 64;
     }
@@ -119,6 +107,32 @@ pub(super) fn compact_object(
         return None;
     }
     Some(has_region)
+}
+
+/// Whether one of the closing quotes in `closes` (bits of the 64 bytes from `base`) ends a
+/// `"region"` key.
+#[inline(always)]
+fn any_region_key(s: &[u8], base: usize, mut closes: u64) -> bool {
+    let mut found = false;
+    while closes != 0 {
+        let at = base + closes.trailing_zeros() as usize;
+        found |= &s[at - 7..=at] == b"\"region\"";
+        closes &= closes - 1;
+    }
+    found
+}
+
+/// Whether every number or literal starting at a bit of `starts` (the 64 bytes from `base`)
+/// is one, followed by `,` or the line's closing brace.
+#[inline(always)]
+fn scalars_end_well(s: &[u8], base: usize, mut starts: u64) -> bool {
+    let mut ok = true;
+    while starts != 0 {
+        let at = base + starts.trailing_zeros() as usize;
+        ok &= scalar_end(s, at).is_some_and(|e| e == s.len() - 1 || s.get(e) == Some(&b','));
+        starts &= starts - 1;
+    }
+    ok
 }
 
 #[cfg(test)]
