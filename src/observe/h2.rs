@@ -180,48 +180,11 @@ impl Reader {
         if std::mem::take(&mut self.first) && self.kind != SETTINGS {
             return Err(Malformed);
         }
-        if self.block_open != (self.kind == CONTINUATION)
-            || (self.block_open && self.stream != self.block_stream)
-        {
-            // A header block continues in CONTINUATION frames of its stream, and only there.
-            return Err(Malformed);
-        }
-        let on_stream =
-            matches!(self.kind, DATA | HEADERS | PRIORITY | RST_STREAM | PUSH_PROMISE | CONTINUATION);
-        let on_connection = matches!(self.kind, SETTINGS | PING | GOAWAY);
-        if (on_stream && self.stream == 0) || (on_connection && self.stream != 0) {
-            return Err(Malformed);
-        }
-        let fixed_size_ok = match self.kind {
-            RST_STREAM => self.left == 4,
-            SETTINGS => self.left.is_multiple_of(6) && (self.flags & ACK == 0 || self.left == 0),
-            GOAWAY => self.left >= 8,
-            PRIORITY => self.left == 5,
-            PING => self.left == 8,
-            _ => true,
-        };
-        if !fixed_size_ok {
+        if !self.frame_fits() {
             return Err(Malformed);
         }
         if matches!(self.kind, HEADERS | PUSH_PROMISE) {
-            let padded = self.flags & PADDED != 0;
-            self.prefix = u8::from(padded)
-                + if self.kind == PUSH_PROMISE {
-                    4
-                } else if self.flags & PRIORITY_FLAG != 0 {
-                    5
-                } else {
-                    0
-                };
-            if u32::from(self.prefix) > self.left {
-                return Err(Malformed);
-            }
-            self.block_open = true;
-            self.block_stream = self.stream;
-            self.block_end_stream = self.flags & END_STREAM != 0;
-            self.block_push = self.kind == PUSH_PROMISE;
-            self.block_start = now;
-            self.block.clear();
+            self.open_block(now)?;
         }
         if matches!(self.kind, HEADERS | PUSH_PROMISE | CONTINUATION)
             && self.block.len() + self.left as usize > MAX_BLOCK + 256
@@ -229,6 +192,55 @@ impl Reader {
             // Padding and priority aside, this frame alone takes the block over its limit.
             return Err(Malformed);
         }
+        Ok(())
+    }
+
+    /// Whether the frame just begun may come here: a header block continues in CONTINUATION
+    /// frames of its stream and only there, each type is on a stream or on the connection,
+    /// and the fixed-size frames have their size.
+    fn frame_fits(&self) -> bool {
+        if self.block_open != (self.kind == CONTINUATION)
+            || (self.block_open && self.stream != self.block_stream)
+        {
+            return false;
+        }
+        let on_stream =
+            matches!(self.kind, DATA | HEADERS | PRIORITY | RST_STREAM | PUSH_PROMISE | CONTINUATION);
+        let on_connection = matches!(self.kind, SETTINGS | PING | GOAWAY);
+        if (on_stream && self.stream == 0) || (on_connection && self.stream != 0) {
+            return false;
+        }
+        match self.kind {
+            RST_STREAM => self.left == 4,
+            SETTINGS => self.left.is_multiple_of(6) && (self.flags & ACK == 0 || self.left == 0),
+            GOAWAY => self.left >= 8,
+            PRIORITY => self.left == 5,
+            PING => self.left == 8,
+            _ => true,
+        }
+    }
+
+    /// A HEADERS or PUSH_PROMISE frame opens a header block: what precedes the block in the
+    /// payload (pad length, promised stream, priority), and what the block belongs to.
+    fn open_block(&mut self, now: Instant) -> Result<(), Malformed> {
+        let padded = self.flags & PADDED != 0;
+        self.prefix = u8::from(padded)
+            + if self.kind == PUSH_PROMISE {
+                4
+            } else if self.flags & PRIORITY_FLAG != 0 {
+                5
+            } else {
+                0
+            };
+        if u32::from(self.prefix) > self.left {
+            return Err(Malformed);
+        }
+        self.block_open = true;
+        self.block_stream = self.stream;
+        self.block_end_stream = self.flags & END_STREAM != 0;
+        self.block_push = self.kind == PUSH_PROMISE;
+        self.block_start = now;
+        self.block.clear();
         Ok(())
     }
 

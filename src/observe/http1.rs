@@ -447,25 +447,10 @@ impl Chunked {
         Ok((i, if self.state == ChunkState::Done { self.grpc.take() } else { None }))
     }
 
+    /// One byte of the chunked framing outside chunk data.
     fn byte(&mut self, c: u8) -> Result<(), Malformed> {
         match self.state {
-            ChunkState::Size => match c {
-                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                    // More than 15 hex digits would overflow a u64 size.
-                    if self.digits == 15 {
-                        return Err(Malformed);
-                    }
-                    self.size = self.size * 16 + u64::from((c as char).to_digit(16).unwrap_or(0));
-                    self.digits += 1;
-                }
-                b';' | b' ' | b'\t' if self.digits > 0 => {
-                    self.state = ChunkState::Extension;
-                    self.line = 0;
-                }
-                b'\r' if self.digits > 0 => self.state = ChunkState::Extension,
-                b'\n' if self.digits > 0 => self.size_line_done(),
-                _ => return Err(Malformed),
-            },
+            ChunkState::Size => self.size_byte(c)?,
             ChunkState::Extension => {
                 if c == b'\n' {
                     self.size_line_done();
@@ -485,27 +470,54 @@ impl Chunked {
                 }
                 _ => return Err(Malformed),
             },
-            ChunkState::Trailers => {
-                self.trailers += 1;
-                if self.trailers > MAX_TRAILERS {
+            ChunkState::Trailers => self.trailer_byte(c)?,
+            ChunkState::Data | ChunkState::Done => {}
+        }
+        Ok(())
+    }
+
+    /// A byte of a chunk-size line, before any extension.
+    fn size_byte(&mut self, c: u8) -> Result<(), Malformed> {
+        match c {
+            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                // More than 15 hex digits would overflow a u64 size.
+                if self.digits == 15 {
                     return Err(Malformed);
                 }
-                if c == b'\n' {
-                    let line = self.trailer.strip_suffix(b"\r").unwrap_or(&self.trailer);
-                    if line.is_empty() {
-                        self.state = ChunkState::Done;
-                        self.trailer = Vec::new();
-                    } else {
-                        if let Some(code) = grpc::status_in_lines(line) {
-                            self.grpc = Some(code);
-                        }
-                        self.trailer.clear();
-                    }
-                } else if self.trailer.len() < 256 {
-                    self.trailer.push(c);
-                }
+                self.size = self.size * 16 + u64::from((c as char).to_digit(16).unwrap_or(0));
+                self.digits += 1;
             }
-            ChunkState::Data | ChunkState::Done => {}
+            b';' | b' ' | b'\t' if self.digits > 0 => {
+                self.state = ChunkState::Extension;
+                self.line = 0;
+            }
+            b'\r' if self.digits > 0 => self.state = ChunkState::Extension,
+            b'\n' if self.digits > 0 => self.size_line_done(),
+            _ => return Err(Malformed),
+        }
+        Ok(())
+    }
+
+    /// A byte of the trailer section: each line is looked at for a gRPC status, the empty
+    /// line ends the body.
+    fn trailer_byte(&mut self, c: u8) -> Result<(), Malformed> {
+        self.trailers += 1;
+        if self.trailers > MAX_TRAILERS {
+            return Err(Malformed);
+        }
+        if c == b'\n' {
+            let line = self.trailer.strip_suffix(b"\r").unwrap_or(&self.trailer);
+            if line.is_empty() {
+                self.state = ChunkState::Done;
+                self.trailer = Vec::new();
+            } else {
+                if let Some(code) = grpc::status_in_lines(line) {
+                    self.grpc = Some(code);
+                }
+                self.trailer.clear();
+            }
+        } else if self.trailer.len() < 256 {
+            self.trailer.push(c);
         }
         Ok(())
     }
