@@ -7,7 +7,9 @@ supervisor's stdout through a pipe and stops the clock when every replay's end m
 through. Baselines move the same bytes: `cat` into the same reader (the physical limit of a
 pipe), and `while IFS= read -r line; do printf ...` in bash (the entrypoint this replaces).
 
-Usage: bench/logs.py [--lines N] [--write BENCHMARKS.md]
+Usage: bench/logs.py [--lines N] [--against NAME=PATH ...] [--write BENCHMARKS.md]
+`--against` adds rows for another build of the supervisor (e.g. an earlier commit's), measured
+in the same rounds as this one, so a change is judged side by side on the same machine.
 Writes its table between the `logs` markers of BENCHMARKS.md when --write is given.
 """
 
@@ -106,7 +108,7 @@ def peak_rss(pid):
     return 0
 
 
-def run_supervisor(data, regions, port_base, long_line=0):
+def run_supervisor(data, regions, port_base, long_line=0, sup=None):
     env = dict(os.environ)
     env.update({
         "SUPERVISOR_COMMAND": STANDIN,
@@ -118,7 +120,7 @@ def run_supervisor(data, regions, port_base, long_line=0):
         env["STANDIN_LONG_LINE"] = str(long_line)
     else:
         env["STANDIN_REPLAY"] = data
-    proc = subprocess.Popen([SUP], stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([sup or SUP], stdout=subprocess.PIPE, env=env)
     if long_line:
         secs = drain(proc.stdout.fileno(), 1, b"after long line", b"xxxxxxxx")
     else:
@@ -149,8 +151,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="runs per row; the median time is reported")
     ap.add_argument("--target", default="x86_64-unknown-linux-musl",
                     help="Rust target to build and measure (default: the static musl build that ships)")
+    ap.add_argument("--against", action="append", default=[], metavar="NAME=PATH",
+                    help="another region-supervisor binary, measured in the same rounds (repeatable)")
     ap.add_argument("--write", metavar="BENCHMARKS.md")
     args = ap.parse_args()
+    others = [tuple(a.split("=", 1)) for a in args.against]
     global SUP, STANDIN
     SUP, STANDIN = build(args.target)
 
@@ -169,27 +174,31 @@ def main():
     def median(runs):
         return sorted(runs)[len(runs) // 2]
 
+    builds = [("", SUP)] + [(f" ({name})", path) for name, path in others]
+
     def paired(regions):
-        """cat and the supervisor alternately, so both see the same machine; the ratio is the
-        median of the per-pair ratios."""
-        cats, sups, ratios, rss = [], [], [], 0
+        """cat and each supervisor build alternately, so all see the same machine; a build's
+        ratio is the median of its per-round ratios to that round's cat."""
+        cats, runs = [], {b: ([], [], 0) for b, _ in builds}
         for _ in range(args.repeat):
             c = run_cat(data, regions)
-            t, r = run_supervisor(data, regions, args.port_base)
             cats.append(c)
-            sups.append(t)
-            ratios.append(c / t)
-            rss = max(rss, r)
-        return median(cats), median(sups), median(ratios), rss
+            for name, path in builds:
+                t, r = run_supervisor(data, regions, args.port_base, sup=path)
+                times, ratios, rss = runs[name]
+                runs[name] = (times + [t], ratios + [c / t], max(rss, r))
+        return median(cats), {b: (median(t), median(q), r) for b, (t, q, r) in runs.items()}
 
     rows = []
-    cat1, sup1, ratio1, rss1 = paired(1)
-    rows.append(("cat, 1 stream", *rate(n, size, cat1), "1.00", "-"))
-    rows.append(("region-supervisor, 1 region", *rate(n, size, sup1), f"{ratio1:.2f}", f"{rss1 / 2**20:.1f} MiB"))
-    cat12, sup12, ratio12, rss12 = paired(12)
-    rows.append(("cat, 12 streams in a row", *rate(12 * n, 12 * size, cat12), "1.00", "-"))
-    rows.append(("region-supervisor, 12 regions at once", *rate(12 * n, 12 * size, sup12), f"{ratio12:.2f}",
-                 f"{rss12 / 2**20:.1f} MiB"))
+    for regions, cat_row, sup_row in [(1, "cat, 1 stream", "region-supervisor{}, 1 region"),
+                                      (12, "cat, 12 streams in a row", "region-supervisor{}, 12 regions at once")]:
+        cat, sups = paired(regions)
+        if regions == 1:
+            cat1 = cat
+        rows.append((cat_row, *rate(regions * n, regions * size, cat), "1.00", "-"))
+        for name, (t, ratio, rss) in sups.items():
+            rows.append((sup_row.format(name), *rate(regions * n, regions * size, t), f"{ratio:.2f}",
+                         f"{rss / 2**20:.1f} MiB"))
     huge, rss_huge = run_supervisor(data, 1, args.port_base, long_line=1 << 30)
     rows.append(("region-supervisor, one 1 GiB line without newline", "-", f"{(1 << 30) / huge / 1e6:.0f}", "-",
                  f"{rss_huge / 2**20:.1f} MiB"))
