@@ -52,14 +52,12 @@ run "kubernetes-validate --strict, Kubernetes $k8s_version: ${k8s_files[*]}" \
 
 checkov_scan() {
   local report rc=0 files=()
-  report=$(mktemp -d)
-  mapfile -t files < <(find deploy .github/workflows -type f | sort)
-  "$checkov_venv/bin/checkov" --skip-download --compact --quiet \
-    --framework kubernetes dockerfile github_actions \
-    -o cli -o json --output-file-path "console,$report/checkov.json" \
-    -f Dockerfile "${files[@]}" || rc=$?
-  python3 tests/deploy/checkov_coverage.py "$report/checkov.json" kubernetes dockerfile github_actions || rc=1
-  rm -rf "$report"
+  report=$(mktemp)
+  mapfile -t files < <(echo Dockerfile && find deploy .github/workflows -type f | sort)
+  "$checkov_venv/bin/checkov" --skip-download --framework kubernetes dockerfile github_actions \
+    -o json -f "${files[@]}" >"$report" || rc=$?
+  python3 tests/deploy/checkov_report.py "$report" kubernetes dockerfile github_actions -- "${files[@]}" || rc=1
+  rm -f "$report"
   return "$rc"
 }
 run "checkov $checkov_version: deploy/, Dockerfile, .github/workflows/" checkov_scan
