@@ -22,6 +22,7 @@ pip_install() {
   "$1" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${@:2}"
 }
 
+python3 -c 'import yaml' 2>/dev/null || pip_install python3 pyyaml
 python3 -c 'import kubernetes_validate' 2>/dev/null || pip_install python3 kubernetes-validate
 python3 -c 'import botocore.validate' 2>/dev/null || pip_install python3 botocore
 if [ "$("$checkov_venv/bin/checkov" --version 2>/dev/null)" != "$checkov_version" ]; then
