@@ -11,6 +11,7 @@
 # final stage has no RUN at all, so a multi-platform build (linux/amd64,linux/arm64) needs no
 # emulation. `--target supervisor-image` builds the same image without the plugins.
 
+# checkov:skip=CKV_DOCKER_7:every FROM names a build arg whose default has a version tag (BASE_IMAGE=alpine:3.19, RUST_IMAGE=rust:1-alpine3.19) or a stage picked by one; checkov does not expand ARG defaults
 ARG BASE_IMAGE=alpine:3.19
 ARG RUST_IMAGE=rust:1-alpine3.19
 ARG SUPERVISOR_SOURCE=build
