@@ -197,79 +197,106 @@ fn relabel_sample<'a>(
     let mut i = name_len;
     let brace = skip_ws(b, name_len);
     if b.get(brace) == Some(&b'{') {
-        i = brace + 1;
-        labels.clear();
-        loop {
-            i = skip_ws(b, i);
-            if b.get(i) == Some(&b'}') {
-                i += 1;
-                break;
-            }
-            let start = i;
-            while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
-                i += 1;
-            }
-            let label = &line[start..i];
-            if !label_name(label) {
-                return Err("bad label name".into());
-            }
-            i = skip_ws(b, i);
-            if b.get(i) != Some(&b'=') {
-                return Err("label without '='".into());
-            }
-            i = skip_ws(b, i + 1);
-            if b.get(i) != Some(&b'"') {
-                return Err("label value not quoted".into());
-            }
-            let value_start = i + 1;
-            i += 1;
-            loop {
-                match b.get(i) {
-                    None => return Err("unterminated label value".into()),
-                    Some(b'"') => break,
-                    Some(b'\\') => match b.get(i + 1) {
-                        Some(b'\\' | b'"' | b'n') => i += 2,
-                        _ => return Err("bad escape in label value".into()),
-                    },
-                    Some(_) => i += 1,
-                }
-            }
-            let value = &line[value_start..i];
-            i = skip_ws(b, i + 1);
-            if labels.iter().any(|(l, _)| *l == label) {
-                return Err(format!("label {label} given twice"));
-            }
-            labels.push((label, value));
-            match b.get(i) {
-                Some(b',') => i += 1,
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return Err("expected ',' or '}' after a label".into()),
-            }
-        }
-        for (label, value) in labels.iter() {
-            text.push(',');
-            if *label == "region" {
-                // Prometheus' own rule for a clashing target label: prefix `exported_` until
-                // the name is free.
-                let mut renamed = String::from("exported_region");
-                while labels.iter().any(|(l, _)| *l == renamed) {
-                    renamed.insert_str(0, "exported_");
-                }
-                text.push_str(&renamed);
-            } else {
-                text.push_str(label);
-            }
-            text.push_str("=\"");
-            text.push_str(value);
-            text.push('"');
-        }
+        i = read_labels(line, brace + 1, labels)?;
+        write_labels(labels, text);
     }
     text.push('}');
-    // The value, then an optional integer timestamp.
-    let rest = &line[i..];
+    write_value(&line[i..], text)
+}
+
+/// Reads the labels of a sample, from just after its `{` at `i` through the closing `}`,
+/// into `labels`; returns where the line goes on after the `}`.
+fn read_labels<'a>(
+    line: &'a str,
+    mut i: usize,
+    labels: &mut Vec<(&'a str, &'a str)>,
+) -> Result<usize, String> {
+    let b = line.as_bytes();
+    labels.clear();
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) == Some(&b'}') {
+            return Ok(i + 1);
+        }
+        let (label, value, end) = read_label(line, i)?;
+        i = skip_ws(b, end);
+        if labels.iter().any(|(l, _)| *l == label) {
+            return Err(format!("label {label} given twice"));
+        }
+        labels.push((label, value));
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err("expected ',' or '}' after a label".into()),
+        }
+    }
+}
+
+/// Reads one `name="value"` pair starting at `i`: its name, its value as written (escapes
+/// kept), and where the line goes on after the closing quote.
+fn read_label(line: &str, mut i: usize) -> Result<(&str, &str, usize), String> {
+    let b = line.as_bytes();
+    let start = i;
+    while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+        i += 1;
+    }
+    let label = &line[start..i];
+    if !label_name(label) {
+        return Err("bad label name".into());
+    }
+    i = skip_ws(b, i);
+    if b.get(i) != Some(&b'=') {
+        return Err("label without '='".into());
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) != Some(&b'"') {
+        return Err("label value not quoted".into());
+    }
+    let value_start = i + 1;
+    let value_end = closing_quote(b, value_start)?;
+    Ok((label, &line[value_start..value_end], value_end + 1))
+}
+
+/// Where the label value that starts at `i` ends: its closing quote. A label value may
+/// escape only `\\`, `\"` and `\n`.
+fn closing_quote(b: &[u8], mut i: usize) -> Result<usize, String> {
+    loop {
+        match b.get(i) {
+            None => return Err("unterminated label value".into()),
+            Some(b'"') => return Ok(i),
+            Some(b'\\') => match b.get(i + 1) {
+                Some(b'\\' | b'"' | b'n') => i += 2,
+                _ => return Err("bad escape in label value".into()),
+            },
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// Appends a sample's own labels to `text`, after the region label.
+fn write_labels(labels: &[(&str, &str)], text: &mut String) {
+    for (label, value) in labels {
+        text.push(',');
+        if *label == "region" {
+            // Prometheus' own rule for a clashing target label: prefix `exported_` until
+            // the name is free.
+            let mut renamed = String::from("exported_region");
+            while labels.iter().any(|(l, _)| *l == renamed) {
+                renamed.insert_str(0, "exported_");
+            }
+            text.push_str(&renamed);
+        } else {
+            text.push_str(label);
+        }
+        text.push_str("=\"");
+        text.push_str(value);
+        text.push('"');
+    }
+}
+
+/// Validates the rest of a sample line after its name and labels (the value, then an optional
+/// integer timestamp) and appends it to `text`, ending in a newline.
+fn write_value(rest: &str, text: &mut String) -> Result<(), String> {
     if !rest.starts_with([' ', '\t']) {
         return Err("no space before the value".into());
     }
