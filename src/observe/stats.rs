@@ -298,7 +298,6 @@ fn snapshot(stats: &RequestStats) -> Snapshot {
     snap
 }
 
-/// Writes the request families for all regions, one # HELP/# TYPE per family, region label first.
 /// The names of the families `write_metrics` writes (a child's families of these names are left
 /// out of the merged page).
 pub const FAMILIES: [&str; 4] = [
@@ -308,6 +307,7 @@ pub const FAMILIES: [&str; 4] = [
     "supervisor_region_request_parse_failures_total",
 ];
 
+/// Writes the request families for all regions, one # HELP/# TYPE per family, region label first.
 pub fn write_metrics(regions: &[(&str, &RequestStats)], out: &mut String) {
     let snaps: Vec<(String, Snapshot)> =
         regions.iter().map(|(name, stats)| (escape(name), snapshot(stats))).collect();
