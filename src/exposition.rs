@@ -55,11 +55,37 @@ pub struct Family {
 /// Parses `page` and relabels each sample with `region="<region>"` (an existing `region`
 /// label is kept as `exported_region`). Families come out in order of first appearance.
 pub fn parse_and_relabel(page: &str, region: &str) -> Result<Vec<Family>, String> {
-    let mut families: Vec<Family> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut parsed = Page { families: Vec::new(), index: HashMap::new() };
     let mut labels = Vec::new();
-    let family_of = |families: &mut Vec<Family>, index: &mut HashMap<String, usize>, name: &str| -> usize {
-        *index.entry(name.to_string()).or_insert_with(|| {
+    for (n, line) in page.lines().enumerate() {
+        let fail = |why: &str| format!("line {}: {why}", n + 1);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            parsed.comment(comment).map_err(fail)?;
+        } else {
+            parsed.sample(line, region, &mut labels).map_err(|why| fail(&why))?;
+        }
+    }
+    // A HELP or TYPE without samples is legal, but pointless in the merged page.
+    let mut families = parsed.families;
+    families.retain(|f| !f.samples.is_empty());
+    Ok(families)
+}
+
+/// The families of the page being parsed, in order of first appearance, and their index by name.
+struct Page {
+    families: Vec<Family>,
+    index: HashMap<String, usize>,
+}
+
+impl Page {
+    /// The index of family `name`, added (untyped, without help or samples) if it is new.
+    fn family_of(&mut self, name: &str) -> usize {
+        let families = &mut self.families;
+        *self.index.entry(name.to_string()).or_insert_with(|| {
             families.push(Family {
                 name: name.to_string(),
                 help: None,
@@ -68,63 +94,66 @@ pub fn parse_and_relabel(page: &str, region: &str) -> Result<Vec<Family>, String
             });
             families.len() - 1
         })
-    };
-    for (n, line) in page.lines().enumerate() {
-        let fail = |why: &str| format!("line {}: {why}", n + 1);
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            let mut words = comment.trim_start().splitn(3, [' ', '\t']);
-            let (keyword, name, rest) = (words.next(), words.next(), words.next());
-            match (keyword, name) {
-                (Some("HELP"), Some(name)) => {
-                    if !metric_name(name) {
-                        return Err(fail("bad metric name in HELP"));
-                    }
-                    let help = rest.unwrap_or("");
-                    if !help_text(help) {
-                        return Err(fail("bad escape in HELP"));
-                    }
-                    let f = family_of(&mut families, &mut index, name);
-                    if families[f].help.is_some() {
-                        return Err(fail("second HELP for a family"));
-                    }
-                    families[f].help = Some(help.to_string());
-                }
-                (Some("TYPE"), Some(name)) => {
-                    if !metric_name(name) {
-                        return Err(fail("bad metric name in TYPE"));
-                    }
-                    let kind =
-                        rest.map(str::trim).and_then(Kind::parse).ok_or_else(|| fail("unknown TYPE"))?;
-                    let f = family_of(&mut families, &mut index, name);
-                    if families[f].kind != Kind::Untyped || !families[f].samples.is_empty() {
-                        return Err(fail("TYPE after samples or twice"));
-                    }
-                    families[f].kind = kind;
-                }
-                _ => {} // any other comment
-            }
-            continue;
-        }
-        let name = &line[..line.bytes().position(|c| !name_byte(c)).unwrap_or(line.len())];
-        if !metric_name(name) {
-            return Err(fail("bad metric name"));
-        }
-        let base = family_name(name, &index, &families);
-        let f = family_of(&mut families, &mut index, base);
-        let body = &mut families[f].samples;
-        let mark = body.len();
-        if let Err(why) = relabel_sample(line, name.len(), region, &mut labels, body) {
-            body.truncate(mark);
-            return Err(fail(&why));
+    }
+
+    /// Reads a comment line (`comment` follows its `#`): a HELP or a TYPE, or any other comment.
+    fn comment(&mut self, comment: &str) -> Result<(), &'static str> {
+        let mut words = comment.trim_start().splitn(3, [' ', '\t']);
+        let (keyword, name, rest) = (words.next(), words.next(), words.next());
+        match (keyword, name) {
+            (Some("HELP"), Some(name)) => self.help(name, rest.unwrap_or("")),
+            (Some("TYPE"), Some(name)) => self.kind(name, rest),
+            _ => Ok(()), // any other comment
         }
     }
-    // A HELP or TYPE without samples is legal, but pointless in the merged page.
-    families.retain(|f| !f.samples.is_empty());
-    Ok(families)
+
+    /// Reads `# HELP <name> <help>`: once per family.
+    fn help(&mut self, name: &str, help: &str) -> Result<(), &'static str> {
+        if !metric_name(name) {
+            return Err("bad metric name in HELP");
+        }
+        if !help_text(help) {
+            return Err("bad escape in HELP");
+        }
+        let f = self.family_of(name);
+        if self.families[f].help.is_some() {
+            return Err("second HELP for a family");
+        }
+        self.families[f].help = Some(help.to_string());
+        Ok(())
+    }
+
+    /// Reads `# TYPE <name> <kind>`: once per family, before its samples.
+    fn kind(&mut self, name: &str, kind: Option<&str>) -> Result<(), &'static str> {
+        if !metric_name(name) {
+            return Err("bad metric name in TYPE");
+        }
+        let kind = kind.map(str::trim).and_then(Kind::parse).ok_or("unknown TYPE")?;
+        let f = self.family_of(name);
+        if self.families[f].kind != Kind::Untyped || !self.families[f].samples.is_empty() {
+            return Err("TYPE after samples or twice");
+        }
+        self.families[f].kind = kind;
+        Ok(())
+    }
+
+    /// Reads a sample line and appends it, relabelled, to its family's samples.
+    fn sample<'a>(
+        &mut self,
+        line: &'a str,
+        region: &str,
+        labels: &mut Vec<(&'a str, &'a str)>,
+    ) -> Result<(), String> {
+        let name = &line[..line.bytes().position(|c| !name_byte(c)).unwrap_or(line.len())];
+        if !metric_name(name) {
+            return Err("bad metric name".into());
+        }
+        let base = family_name(name, &self.index, &self.families);
+        let f = self.family_of(base);
+        let body = &mut self.families[f].samples;
+        let mark = body.len();
+        relabel_sample(line, name.len(), region, labels, body).inspect_err(|_| body.truncate(mark))
+    }
 }
 
 /// Which family a sample belongs to: `x_bucket`, `x_sum`, `x_count` (and `x_created`) belong to
@@ -168,79 +197,106 @@ fn relabel_sample<'a>(
     let mut i = name_len;
     let brace = skip_ws(b, name_len);
     if b.get(brace) == Some(&b'{') {
-        i = brace + 1;
-        labels.clear();
-        loop {
-            i = skip_ws(b, i);
-            if b.get(i) == Some(&b'}') {
-                i += 1;
-                break;
-            }
-            let start = i;
-            while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
-                i += 1;
-            }
-            let label = &line[start..i];
-            if !label_name(label) {
-                return Err("bad label name".into());
-            }
-            i = skip_ws(b, i);
-            if b.get(i) != Some(&b'=') {
-                return Err("label without '='".into());
-            }
-            i = skip_ws(b, i + 1);
-            if b.get(i) != Some(&b'"') {
-                return Err("label value not quoted".into());
-            }
-            let value_start = i + 1;
-            i += 1;
-            loop {
-                match b.get(i) {
-                    None => return Err("unterminated label value".into()),
-                    Some(b'"') => break,
-                    Some(b'\\') => match b.get(i + 1) {
-                        Some(b'\\' | b'"' | b'n') => i += 2,
-                        _ => return Err("bad escape in label value".into()),
-                    },
-                    Some(_) => i += 1,
-                }
-            }
-            let value = &line[value_start..i];
-            i = skip_ws(b, i + 1);
-            if labels.iter().any(|(l, _)| *l == label) {
-                return Err(format!("label {label} given twice"));
-            }
-            labels.push((label, value));
-            match b.get(i) {
-                Some(b',') => i += 1,
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return Err("expected ',' or '}' after a label".into()),
-            }
-        }
-        for (label, value) in labels.iter() {
-            text.push(',');
-            if *label == "region" {
-                // Prometheus' own rule for a clashing target label: prefix `exported_` until
-                // the name is free.
-                let mut renamed = String::from("exported_region");
-                while labels.iter().any(|(l, _)| *l == renamed) {
-                    renamed.insert_str(0, "exported_");
-                }
-                text.push_str(&renamed);
-            } else {
-                text.push_str(label);
-            }
-            text.push_str("=\"");
-            text.push_str(value);
-            text.push('"');
-        }
+        i = read_labels(line, brace + 1, labels)?;
+        write_labels(labels, text);
     }
     text.push('}');
-    // The value, then an optional integer timestamp.
-    let rest = &line[i..];
+    write_value(&line[i..], text)
+}
+
+/// Reads the labels of a sample, from just after its `{` at `i` through the closing `}`,
+/// into `labels`; returns where the line goes on after the `}`.
+fn read_labels<'a>(
+    line: &'a str,
+    mut i: usize,
+    labels: &mut Vec<(&'a str, &'a str)>,
+) -> Result<usize, String> {
+    let b = line.as_bytes();
+    labels.clear();
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) == Some(&b'}') {
+            return Ok(i + 1);
+        }
+        let (label, value, end) = read_label(line, i)?;
+        i = skip_ws(b, end);
+        if labels.iter().any(|(l, _)| *l == label) {
+            return Err(format!("label {label} given twice"));
+        }
+        labels.push((label, value));
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err("expected ',' or '}' after a label".into()),
+        }
+    }
+}
+
+/// Reads one `name="value"` pair starting at `i`: its name, its value as written (escapes
+/// kept), and where the line goes on after the closing quote.
+fn read_label(line: &str, mut i: usize) -> Result<(&str, &str, usize), String> {
+    let b = line.as_bytes();
+    let start = i;
+    while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+        i += 1;
+    }
+    let label = &line[start..i];
+    if !label_name(label) {
+        return Err("bad label name".into());
+    }
+    i = skip_ws(b, i);
+    if b.get(i) != Some(&b'=') {
+        return Err("label without '='".into());
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) != Some(&b'"') {
+        return Err("label value not quoted".into());
+    }
+    let value_start = i + 1;
+    let value_end = closing_quote(b, value_start)?;
+    Ok((label, &line[value_start..value_end], value_end + 1))
+}
+
+/// Where the label value that starts at `i` ends: its closing quote. A label value may
+/// escape only `\\`, `\"` and `\n`.
+fn closing_quote(b: &[u8], mut i: usize) -> Result<usize, String> {
+    loop {
+        match b.get(i) {
+            None => return Err("unterminated label value".into()),
+            Some(b'"') => return Ok(i),
+            Some(b'\\') => match b.get(i + 1) {
+                Some(b'\\' | b'"' | b'n') => i += 2,
+                _ => return Err("bad escape in label value".into()),
+            },
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// Appends a sample's own labels to `text`, after the region label.
+fn write_labels(labels: &[(&str, &str)], text: &mut String) {
+    for (label, value) in labels {
+        text.push(',');
+        if *label == "region" {
+            // Prometheus' own rule for a clashing target label: prefix `exported_` until
+            // the name is free.
+            let mut renamed = String::from("exported_region");
+            while labels.iter().any(|(l, _)| *l == renamed) {
+                renamed.insert_str(0, "exported_");
+            }
+            text.push_str(&renamed);
+        } else {
+            text.push_str(label);
+        }
+        text.push_str("=\"");
+        text.push_str(value);
+        text.push('"');
+    }
+}
+
+/// Validates the rest of a sample line after its name and labels (the value, then an optional
+/// integer timestamp) and appends it to `text`, ending in a newline.
+fn write_value(rest: &str, text: &mut String) -> Result<(), String> {
     if !rest.starts_with([' ', '\t']) {
         return Err("no space before the value".into());
     }

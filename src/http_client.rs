@@ -82,9 +82,26 @@ fn describe(e: &io::Error) -> String {
 /// close. Public for the fuzz and unit tests.
 pub fn parse_response(r: &mut impl Read, max_body: usize) -> Result<Response, String> {
     let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
+    let head_end = read_head(r, &mut buf)?;
+    let head = parse_head(&buf[..head_end])?;
+    let rest = buf.split_off(head_end + 4);
+    let body = read_body(r, &head, rest, max_body)?;
+    Ok(Response { status: head.status, body })
+}
+
+/// What the head of a response says: its status and how its body is delimited.
+struct Head {
+    status: u16,
+    length: Option<usize>,
+    chunked: bool,
+}
+
+/// Reads into `buf` until it holds the whole head; returns where the blank line that ends it
+/// starts (the body may follow in `buf`).
+fn read_head(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<usize, String> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            return Ok(i);
         }
         if buf.len() > MAX_HEAD {
             return Err("response head too large".into());
@@ -99,8 +116,12 @@ pub fn parse_response(r: &mut impl Read, max_body: usize) -> Result<Response, St
             });
         }
         buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "response head is not text")?;
+    }
+}
+
+/// Parses the status line and the headers (without the blank line that ends them).
+fn parse_head(head: &[u8]) -> Result<Head, String> {
+    let head = std::str::from_utf8(head).map_err(|_| "response head is not text")?;
     let mut lines = head.split("\r\n");
     let status = parse_status_line(lines.next().unwrap_or(""))?;
     let mut length = None;
@@ -121,35 +142,49 @@ pub fn parse_response(r: &mut impl Read, max_body: usize) -> Result<Response, St
             }
         }
     }
-    let mut rest = buf.split_off(head_end + 4);
-    let body = if status == 204 || status == 304 || (100..200).contains(&status) {
-        Vec::new()
-    } else if chunked {
-        read_chunked(r, rest, max_body)?
-    } else if let Some(n) = length {
-        if n > max_body {
-            return Err(format!("body of {n} bytes is over the {max_body}-byte limit"));
-        }
-        while rest.len() < n {
-            let want = n - rest.len();
-            let got = read_some(r, &mut rest, want)?;
-            if got == 0 {
-                return Err("connection closed inside the body".into());
-            }
-        }
-        rest.truncate(n);
-        rest
+    Ok(Head { status, length, chunked })
+}
+
+/// Reads the body `head` announces; `rest` holds bytes already read past the head.
+fn read_body(r: &mut impl Read, head: &Head, rest: Vec<u8>, max_body: usize) -> Result<Vec<u8>, String> {
+    let status = head.status;
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        Ok(Vec::new())
+    } else if head.chunked {
+        read_chunked(r, rest, max_body)
+    } else if let Some(n) = head.length {
+        read_sized(r, rest, n, max_body)
     } else {
-        loop {
-            if rest.len() > max_body {
-                return Err(format!("body is over the {max_body}-byte limit"));
-            }
-            if read_some(r, &mut rest, 16 * 1024)? == 0 {
-                break rest;
-            }
+        read_to_close(r, rest, max_body)
+    }
+}
+
+/// Reads a Content-Length body of `n` bytes; `rest` holds bytes already read past the head.
+fn read_sized(r: &mut impl Read, mut rest: Vec<u8>, n: usize, max_body: usize) -> Result<Vec<u8>, String> {
+    if n > max_body {
+        return Err(format!("body of {n} bytes is over the {max_body}-byte limit"));
+    }
+    while rest.len() < n {
+        let want = n - rest.len();
+        let got = read_some(r, &mut rest, want)?;
+        if got == 0 {
+            return Err("connection closed inside the body".into());
         }
-    };
-    Ok(Response { status, body })
+    }
+    rest.truncate(n);
+    Ok(rest)
+}
+
+/// Reads a body delimited by close; `rest` holds bytes already read past the head.
+fn read_to_close(r: &mut impl Read, mut rest: Vec<u8>, max_body: usize) -> Result<Vec<u8>, String> {
+    loop {
+        if rest.len() > max_body {
+            return Err(format!("body is over the {max_body}-byte limit"));
+        }
+        if read_some(r, &mut rest, 16 * 1024)? == 0 {
+            return Ok(rest);
+        }
+    }
 }
 
 fn parse_status_line(line: &str) -> Result<u16, String> {

@@ -298,7 +298,6 @@ fn snapshot(stats: &RequestStats) -> Snapshot {
     snap
 }
 
-/// Writes the request families for all regions, one # HELP/# TYPE per family, region label first.
 /// The names of the families `write_metrics` writes (a child's families of these names are left
 /// out of the merged page).
 pub const FAMILIES: [&str; 4] = [
@@ -308,17 +307,26 @@ pub const FAMILIES: [&str; 4] = [
     "supervisor_region_request_parse_failures_total",
 ];
 
+/// Writes the request families for all regions, one # HELP/# TYPE per family, region label first.
 pub fn write_metrics(regions: &[(&str, &RequestStats)], out: &mut String) {
     let snaps: Vec<(String, Snapshot)> =
         regions.iter().map(|(name, stats)| (escape(name), snapshot(stats))).collect();
+    write_requests(&snaps, out);
+    write_durations(&snaps, out);
+    write_in_flight(&snaps, out);
+    write_parse_failures(&snaps, out);
+}
 
+/// Writes the `supervisor_region_requests_total` family: every counted series of every region
+/// (`snaps`: each region's escaped name and snapshot).
+fn write_requests(snaps: &[(String, Snapshot)], out: &mut String) {
     family(
         out,
         "supervisor_region_requests_total",
         "counter",
         "Requests relayed to the region, by protocol, method, HTTP status (0: no response) and gRPC status",
     );
-    for (region, s) in &snaps {
+    for (region, s) in snaps {
         for (k, n) in &s.requests {
             let (protocol, method, code, grpc) = (k.protocol, s.name(k.method), k.code, k.grpc);
             let _ = writeln!(
@@ -329,14 +337,18 @@ pub fn write_metrics(regions: &[(&str, &RequestStats)], out: &mut String) {
             );
         }
     }
+}
 
+/// Writes the `supervisor_region_request_duration_seconds` family: a histogram per protocol and
+/// method of every region, its buckets cumulative.
+fn write_durations(snaps: &[(String, Snapshot)], out: &mut String) {
     family(
         out,
         "supervisor_region_request_duration_seconds",
         "histogram",
         "Time from a request's first byte to its response's last, as seen by the relay",
     );
-    for (region, s) in &snaps {
+    for (region, s) in snaps {
         for ((protocol, method), h) in &s.durations {
             let method = s.name(*method);
             let (buckets, sum_nanos, count) = (&h.buckets, h.sum_nanos, h.count);
@@ -356,24 +368,30 @@ pub fn write_metrics(regions: &[(&str, &RequestStats)], out: &mut String) {
             let _ = writeln!(out, "supervisor_region_request_duration_seconds_count{{{labels}}} {count}");
         }
     }
+}
 
+/// Writes the `supervisor_region_requests_in_flight` family: a gauge per region.
+fn write_in_flight(snaps: &[(String, Snapshot)], out: &mut String) {
     family(
         out,
         "supervisor_region_requests_in_flight",
         "gauge",
         "Requests relayed to the region whose response has not ended yet",
     );
-    for (region, s) in &snaps {
+    for (region, s) in snaps {
         let _ = writeln!(out, "supervisor_region_requests_in_flight{{region=\"{region}\"}} {}", s.in_flight);
     }
+}
 
+/// Writes the `supervisor_region_request_parse_failures_total` family: a counter per region.
+fn write_parse_failures(snaps: &[(String, Snapshot)], out: &mut String) {
     family(
         out,
         "supervisor_region_request_parse_failures_total",
         "counter",
         "Relayed connections whose bytes stopped making sense as HTTP (relayed on, no longer counted)",
     );
-    for (region, s) in &snaps {
+    for (region, s) in snaps {
         let _ = writeln!(
             out,
             "supervisor_region_request_parse_failures_total{{region=\"{region}\"}} {}",
