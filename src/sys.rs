@@ -417,8 +417,9 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Starts a non-blocking TCP connection to 127.0.0.1:`port`. `Ok((fd, true))` when it is
-/// already connected, `Ok((fd, false))` while in progress: wait for writability, then ask
-/// `socket_error`.
+/// already connected, `Ok((fd, false))` while in progress: ask [`connect_finished`] now (on
+/// loopback the handshake has usually completed by the time connect(2) returns) and again
+/// once the socket is writable.
 pub fn connect_loopback(port: u16) -> io::Result<(OwnedFd, bool)> {
     // SAFETY: socket takes integer arguments and returns a new descriptor or -1.
     let fd = unsafe {
@@ -429,6 +430,18 @@ pub fn connect_loopback(port: u16) -> io::Result<(OwnedFd, bool)> {
     }
     // SAFETY: a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    match connect_finished(fd.as_raw_fd(), port) {
+        Some(Ok(())) => Ok((fd, true)),
+        None => Ok((fd, false)),
+        Some(Err(e)) => Err(e),
+    }
+}
+
+/// connect(2) to 127.0.0.1:`port`, asked again of a socket whose connect is in progress: that
+/// reports the outcome in one call (0 or EISCONN once connected, EALREADY while the handshake
+/// runs, otherwise the connect's own error, which it clears), where poll and SO_ERROR take two.
+/// `None` while in progress.
+pub fn connect_finished(fd: RawFd, port: u16) -> Option<io::Result<()>> {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
@@ -438,47 +451,20 @@ pub fn connect_loopback(port: u16) -> io::Result<(OwnedFd, bool)> {
     // SAFETY: `addr` is a live sockaddr_in and the length given is its size.
     let r = unsafe {
         libc::connect(
-            fd.as_raw_fd(),
+            fd,
             (&addr as *const libc::sockaddr_in).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
     if r == 0 {
-        return Ok((fd, true));
+        return Some(Ok(()));
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
-        Some(libc::EINPROGRESS) | Some(libc::EINTR) => Ok((fd, false)),
-        _ => Err(e),
+        Some(libc::EISCONN) => Some(Ok(())),
+        Some(libc::EINPROGRESS | libc::EALREADY | libc::EINTR) => None,
+        _ => Some(Err(e)),
     }
-}
-
-/// Whether a connecting socket has finished connecting (or failed) by now, without waiting:
-/// a connect on loopback has usually completed by the time connect(2) returns.
-pub fn connect_done(fd: RawFd) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-    // SAFETY: one live pollfd, a zero timeout.
-    unsafe { libc::poll(&mut p, 1, 0) == 1 }
-}
-
-/// The pending error of a socket (SO_ERROR), which also clears it.
-pub fn socket_error(fd: RawFd) -> Option<io::Error> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are live out-pointers of the sizes given.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == -1 {
-        return Some(io::Error::last_os_error());
-    }
-    (err != 0).then(|| io::Error::from_raw_os_error(err))
 }
 
 /// send(2) without SIGPIPE: a peer that went away is an `Err`, never a signal.

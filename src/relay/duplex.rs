@@ -51,7 +51,7 @@ struct Flow {
 pub enum Step {
     /// Keep the connection; its wanted events may have changed.
     Go,
-    /// Both directions ended cleanly: close both sockets.
+    /// Both directions ended cleanly: close both sockets (the close passes on the last end).
     Done,
     /// One side reset or failed: close both, the other with a reset.
     Reset,
@@ -197,13 +197,19 @@ impl Duplex {
         }
     }
 
-    /// Passes on ends of stream whose bytes are all written; says when both are done.
+    /// Passes on ends of stream whose bytes are all written; says when both are done. The end
+    /// that completes the pair is left to the owner's close, which sends the same FIN: its
+    /// destination is the other direction's source, already read to its end, so nothing unread
+    /// turns the close into a reset (one shutdown(2) fewer per connection).
     fn settle(&mut self) -> Step {
         for src in [Side::Client, Side::Child] {
             let (_, to) = self.fds(src);
+            let other_shut = self.flow(src.other()).shut;
             let flow = self.flow(src);
             if flow.eof && !flow.shut && flow.pending.is_empty() {
-                sys::shutdown_write(to);
+                if !other_shut {
+                    sys::shutdown_write(to);
+                }
                 flow.shut = true;
             }
         }
@@ -325,6 +331,7 @@ mod tests {
         child.shutdown(Shutdown::Write).unwrap();
         let step = drive(&mut d, &mut w, |_, s| *s == Step::Done);
         assert_eq!(step, Step::Done);
+        drop(d);
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).unwrap();
         assert_eq!(answer, b"answer");

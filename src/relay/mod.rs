@@ -413,18 +413,16 @@ impl Relay {
     fn connect(&mut self, slot: usize, now: Instant) {
         match sys::connect_loopback(self.child_port) {
             Ok((child, true)) => self.opened(slot, child, now),
-            Ok((child, false)) if sys::connect_done(child.as_raw_fd()) => {
-                match sys::socket_error(child.as_raw_fd()) {
-                    None => self.opened(slot, child, now),
-                    Some(e) => self.connect_failed(slot, e, now),
+            Ok((child, false)) => match sys::connect_finished(child.as_raw_fd(), self.child_port) {
+                Some(Ok(())) => self.opened(slot, child, now),
+                Some(Err(e)) => self.connect_failed(slot, e, now),
+                None => {
+                    let conn = self.conns[slot].as_mut().expect("live slot");
+                    conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
+                    self.deadlines = true;
+                    self.sync(slot);
                 }
-            }
-            Ok((child, false)) => {
-                let conn = self.conns[slot].as_mut().expect("live slot");
-                conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
-                self.deadlines = true;
-                self.sync(slot);
-            }
+            },
             Err(e) => self.connect_failed(slot, e, now),
         }
     }
@@ -497,8 +495,9 @@ impl Relay {
                 self.after(slot, step, now);
             }
             State::Connecting { child, .. } if side == Side::Child => {
-                match sys::socket_error(child.as_raw_fd()) {
-                    None => {
+                match sys::connect_finished(child.as_raw_fd(), self.child_port) {
+                    None => {}
+                    Some(Ok(())) => {
                         let State::Connecting { child, .. } =
                             std::mem::replace(&mut conn.state, State::Moving)
                         else {
@@ -507,7 +506,7 @@ impl Relay {
                         // Still registered (for writing): `sync` turns that into reading.
                         self.opened(slot, child, now);
                     }
-                    Some(e) => {
+                    Some(Err(e)) => {
                         conn.state = State::Moving;
                         self.connect_failed(slot, e, now);
                     }
