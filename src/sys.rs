@@ -417,9 +417,9 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Starts a non-blocking TCP connection to 127.0.0.1:`port`. `Ok((fd, true))` when it is
-/// connected, `Ok((fd, false))` while in progress: ask [`connect_finished`] once the socket is
-/// writable. On loopback the handshake has usually completed by the time connect(2) returns,
-/// so one more ask right away mostly saves a turn of epoll.
+/// already connected, `Ok((fd, false))` while in progress: ask [`connect_finished`] now (on
+/// loopback the handshake has usually completed by the time connect(2) returns) and again
+/// once the socket is writable.
 pub fn connect_loopback(port: u16) -> io::Result<(OwnedFd, bool)> {
     // SAFETY: socket takes integer arguments and returns a new descriptor or -1.
     let fd = unsafe {
@@ -430,8 +430,7 @@ pub fn connect_loopback(port: u16) -> io::Result<(OwnedFd, bool)> {
     }
     // SAFETY: a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let started = connect_finished(fd.as_raw_fd(), port);
-    match started.or_else(|| connect_finished(fd.as_raw_fd(), port)) {
+    match connect_finished(fd.as_raw_fd(), port) {
         Some(Ok(())) => Ok((fd, true)),
         None => Ok((fd, false)),
         Some(Err(e)) => Err(e),

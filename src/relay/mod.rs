@@ -413,12 +413,16 @@ impl Relay {
     fn connect(&mut self, slot: usize, now: Instant) {
         match sys::connect_loopback(self.child_port) {
             Ok((child, true)) => self.opened(slot, child, now),
-            Ok((child, false)) => {
-                let conn = self.conns[slot].as_mut().expect("live slot");
-                conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
-                self.deadlines = true;
-                self.sync(slot);
-            }
+            Ok((child, false)) => match sys::connect_finished(child.as_raw_fd(), self.child_port) {
+                Some(Ok(())) => self.opened(slot, child, now),
+                Some(Err(e)) => self.connect_failed(slot, e, now),
+                None => {
+                    let conn = self.conns[slot].as_mut().expect("live slot");
+                    conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
+                    self.deadlines = true;
+                    self.sync(slot);
+                }
+            },
             Err(e) => self.connect_failed(slot, e, now),
         }
     }
