@@ -80,7 +80,7 @@ fn regions_are_reachable_through_the_relay_only() {
 
 #[test]
 fn a_restart_inside_the_hold_time_loses_no_new_connection() {
-    let (sup, _) = relayed("us-east-1", "127.0.0.1", &[("SUPERVISOR_RESTART_BACKOFF", "300ms")]);
+    let (sup, children) = relayed("us-east-1", "127.0.0.1", &[("SUPERVISOR_RESTART_BACKOFF", "300ms")]);
     sup.wait_ready(Duration::from_secs(20));
     let port = sup.ports.base;
     let pid = sup.child_pids()[0].1;
@@ -102,16 +102,32 @@ fn a_restart_inside_the_hold_time_loses_no_new_connection() {
         results
     });
     std::thread::sleep(Duration::from_millis(500));
-    let killed = Instant::now();
     send_signal(pid, libc::SIGKILL);
+    // The child's sockets close as its last thread dies, a moment after the signal. A
+    // connection the kernel queued for it before that ends with it (a reset, as without the
+    // relay: an established connection never moves to another child). From the moment its
+    // port refuses connections (the restart comes 300ms later), none may fail.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect("127.0.0.1", children.base).is_ok() {
+        assert!(Instant::now() < deadline, "the child did not die");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let killed = Instant::now();
     let results = client.join().unwrap();
     let n = results.len();
-    // A request already with the child when it was killed ends with it (at most one: they run
-    // one at a time); every connection opened after the kill must reach the restarted child.
-    let after: Vec<_> = results.iter().filter(|(t, r)| *t >= killed && r.is_err()).collect();
+    let after: Vec<_> = results
+        .iter()
+        .filter(|(t, r)| *t >= killed && r.is_err())
+        .map(|(t, r)| (format!("{:?} after", t.duration_since(killed)), r))
+        .collect();
     let before = results.iter().filter(|(t, r)| *t < killed && r.is_err()).count();
-    assert!(after.is_empty(), "{} of {n} requests after the kill failed: {after:?}", after.len());
-    assert!(before <= 1, "{before} requests before the kill failed");
+    assert!(
+        after.is_empty(),
+        "{} of {n} requests after the child's port closed failed: {after:?}",
+        after.len()
+    );
+    // At most the request with the child at the signal and one that reached it while it died.
+    assert!(before <= 2, "{before} requests before the child's port closed failed");
     assert!(
         results.iter().filter(|(t, r)| *t >= killed && r.is_ok()).count() >= 20,
         "the test kept going after the kill"
