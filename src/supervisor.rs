@@ -126,13 +126,14 @@ fn start_regions(
     Ok((mailboxes, threads, all_stats))
 }
 
-/// One relay thread per region, listening from now on (connections are held until ready).
+/// Each region's relay workers, listening from now on (connections are held until ready).
 fn start_relays(
     config: &Config,
     listeners: Vec<std::net::TcpListener>,
 ) -> Result<(Vec<relay::Handle>, Vec<RelayStats>), String> {
     let Some(settings) = &config.relay else { return Ok((Vec::new(), Vec::new())) };
     let (mut handles, mut all_stats) = (Vec::new(), Vec::new());
+    let workers = relay::workers();
     for (plan, listener) in config.regions.iter().zip(listeners) {
         let stats = Arc::new(relay::Stats::default());
         let requests = Arc::new(RequestStats::new(&config.health_path));
@@ -144,10 +145,9 @@ fn start_relays(
             max_connections: settings.max_connections,
             stats: stats.clone(),
             requests: requests.clone(),
+            workers,
         };
-        handles.push(
-            relay::start(setup).map_err(|e| format!("{}: cannot start the relay thread: {e}", plan.name))?,
-        );
+        handles.push(relay::start(setup).map_err(|e| format!("{}: cannot start the relay: {e}", plan.name))?);
         all_stats.push((stats, requests));
     }
     Ok((handles, all_stats))

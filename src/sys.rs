@@ -329,6 +329,8 @@ pub struct Ready {
 
 pub const WANT_READ: u32 = libc::EPOLLIN as u32;
 pub const WANT_WRITE: u32 = libc::EPOLLOUT as u32;
+/// Wake one of the epolls waiting on this descriptor, not all (a listener shared by threads).
+pub const EXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
 
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {

@@ -26,6 +26,15 @@ fn relayed(regions: &str, relay_addr: &str, extra: &[(&str, &str)]) -> (Sup, Por
     (Sup::spawn(cmd, ports), children)
 }
 
+/// Waits until a killed child's port refuses connections: its sockets are closed.
+fn wait_refused(child_port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect("127.0.0.1", child_port).is_ok() {
+        assert!(Instant::now() < deadline, "the child's port still accepts");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 fn connect(addr: &str, port: u16) -> std::io::Result<TcpStream> {
     let addr: SocketAddr = format!("{addr}:{port}").parse().unwrap();
     TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -107,11 +116,7 @@ fn a_restart_inside_the_hold_time_loses_no_new_connection() {
     // connection the kernel queued for it before that ends with it (a reset, as without the
     // relay: an established connection never moves to another child). From the moment its
     // port refuses connections (the restart comes 300ms later), none may fail.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while connect("127.0.0.1", children.base).is_ok() {
-        assert!(Instant::now() < deadline, "the child did not die");
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_refused(children.base);
     let killed = Instant::now();
     let results = client.join().unwrap();
     let n = results.len();
@@ -172,7 +177,7 @@ fn connections_of_every_kind_leave_nothing_behind() {
         ("SUPERVISOR_RESTART_BACKOFF", "100ms"),
         ("SUPERVISOR_RESTART_RESET", "100ms"),
     ];
-    let (sup, _) = relayed("us-east-1", "127.0.0.1", &restarts);
+    let (sup, children) = relayed("us-east-1", "127.0.0.1", &restarts);
     sup.wait_ready(Duration::from_secs(20));
     let port = sup.ports.base;
     // Warm up once so lazily created state is there before the baseline.
@@ -191,6 +196,9 @@ fn connections_of_every_kind_leave_nothing_behind() {
             }
             std::thread::sleep(Duration::from_millis(20));
             send_signal(sup.child_pids()[0].1, libc::SIGKILL);
+            // Once the child's port is closed (until then a new connection may still reach the
+            // dying child and end with it, as without the relay).
+            wait_refused(children.base);
             drop((0..3).map(|_| connect("127.0.0.1", port).unwrap()).collect::<Vec<_>>());
             for c in &mut open {
                 c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -1,6 +1,6 @@
 //! A region's request counters, and their Prometheus families.
 //!
-//! Written by the relay threads of one region (through their connections' observers), read by
+//! Written by the relay workers of one region (through their connections' observers), read by
 //! the HTTP thread that answers `/metrics`. The in-flight gauge and the parse-failure counter
 //! are atomics; everything else sits behind one `Mutex` per region, held for a map update per
 //! finished request (and for the method lookup of a new RPC path), never across I/O.
@@ -82,7 +82,7 @@ struct Counters {
     durations: HashMap<(Protocol, Method), Histogram>,
 }
 
-/// Per-region request counters: written by that region's relay thread, read by the HTTP server.
+/// Per-region request counters: written by that region's relay workers, read by the HTTP server.
 pub struct RequestStats {
     health_path: Box<[u8]>,
     in_flight: AtomicI64,

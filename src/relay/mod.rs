@@ -2,13 +2,18 @@
 //! with every TCP connection copied byte for byte to the region's child on
 //! 127.0.0.1:<child port> (the real plugin binds loopback only).
 //!
-//! Thread model: one relay thread per region owns that region's listener and every one of its
-//! connections, and sleeps in one `epoll` on all of them plus its mailbox's eventfd. That keeps
-//! "one thread per region" (a region's relay never waits on another's), costs a few hundred
-//! bytes per idle connection instead of a thread and its stack, and leaves the copy a plain
-//! read/write loop whose bytes the request observer can see. The supervisor thread tells the
-//! relay thread what its region is doing (`Gate`) and when to stop; the relay thread only ever
-//! writes its `Stats`.
+//! Thread model: each region has its own relay workers, one per core up to [`MAX_WORKERS`].
+//! A worker is a thread that owns the connections it accepted and sleeps in one `epoll` on
+//! them, its mailbox's eventfd and the region's listener, which all the region's workers share
+//! (registered with `EPOLLEXCLUSIVE`, so a new client wakes one idle worker, not all). That
+//! keeps a region's relay independent of every other region's, costs a few hundred bytes per
+//! idle connection instead of a thread and its stack, and leaves the copy a plain read/write
+//! loop whose bytes the request observer can see. More than one worker per region because a
+//! new connection's cost is almost all kernel work (the loopback handshake and teardown run
+//! in the thread that connects and closes): one thread per region caps a busy region at one
+//! core. The supervisor thread tells every worker what its region is doing (`Gate`) and when
+//! to stop; the workers only ever write the region's `Stats` (atomics) and its count of live
+//! connections, which holds the region's cap across them.
 //!
 //! A connection's life: accepted (within the region's cap and the process-wide descriptor
 //! budget, see `accept.rs`); if the region is open (ready, or running with a failed probe) it is
@@ -26,7 +31,8 @@ pub mod stats;
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,6 +55,7 @@ pub enum Gate {
     Open,
 }
 
+#[derive(Clone, Copy)]
 pub enum Control {
     Gate(Gate),
     /// The first stop signal: close the listener and every held connection; connected ones
@@ -67,36 +74,53 @@ pub struct Setup {
     pub stats: Arc<Stats>,
     /// The region's request counters (SPEC "Request metrics"), fed by each connection's observer.
     pub requests: Arc<RequestStats>,
+    /// Threads sharing the region's listener (at least one).
+    pub workers: usize,
 }
 
-/// How the supervisor thread reaches a relay thread.
+/// How the supervisor thread reaches a region's relay workers.
 pub struct Handle {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
     tx: Sender<Control>,
     wake: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 impl Handle {
     pub fn send(&self, c: Control) {
-        let _ = self.tx.send(c);
-        self.wake.wake();
-    }
-
-    /// Closes everything and waits for the thread.
-    pub fn quit(mut self) {
-        self.send(Control::Quit);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for w in &self.workers {
+            let _ = w.tx.send(c);
+            w.wake.wake();
         }
     }
+
+    /// Closes everything and waits for the workers.
+    pub fn quit(self) {
+        self.send(Control::Quit);
+        for w in self.workers {
+            let _ = w.thread.join();
+        }
+    }
+}
+
+/// Relay workers per region at most (one per core up to this).
+pub const MAX_WORKERS: usize = 4;
+
+/// Workers for each region on this machine: one per core the process may use, within
+/// [`MAX_WORKERS`].
+pub fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS)
 }
 
 /// Bytes one read takes; also the most a direction ever keeps pending.
 const READ_SIZE: usize = 64 * 1024;
 /// Descriptors a connection holds: the client's socket and the child's.
 const FDS_PER_CONNECTION: usize = 2;
-/// Held connections released per turn of the loop, so a returning child is not hit by all of
-/// them in the same millisecond.
+/// Held connections a region releases per turn of the loop (its workers share this), so a
+/// returning child is not hit by all of them in the same millisecond.
 const RELEASE_BATCH: usize = 16;
 /// Pause before a refused connect is tried again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -111,16 +135,24 @@ const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
 
 pub fn start(setup: Setup) -> std::io::Result<Handle> {
-    let (tx, rx) = unbounded();
-    let wake = Arc::new(EventFd::new()?);
-    let epoll = Epoll::new()?;
     setup.listener.set_nonblocking(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: one call fewer per connection.
     sys::nodelay_for_accepted(&setup.listener)?;
+    let live = Arc::new(AtomicUsize::new(0));
+    let workers = (0..setup.workers.max(1))
+        .map(|_| start_worker(&setup, setup.listener.try_clone()?, &live))
+        .collect::<std::io::Result<_>>()?;
+    Ok(Handle { workers })
+}
+
+fn start_worker(setup: &Setup, listener: TcpListener, live: &Arc<AtomicUsize>) -> std::io::Result<Worker> {
+    let (tx, rx) = unbounded();
+    let wake = Arc::new(EventFd::new()?);
+    let epoll = Epoll::new()?;
     epoll.add(wake.raw(), WANT_READ, WAKE)?;
     let name = format!("relay {}", setup.region);
     let relay = Relay {
-        listener: Some(setup.listener),
+        listener: Some(listener),
         listening: false,
         paused_until: None,
         epoll,
@@ -135,15 +167,17 @@ pub fn start(setup: Setup) -> std::io::Result<Handle> {
         child_port: setup.child_port,
         hold: setup.hold,
         max: setup.max_connections,
-        stats: setup.stats,
-        requests: setup.requests,
+        release_batch: (RELEASE_BATCH / setup.workers.max(1)).max(1),
+        live: live.clone(),
+        stats: setup.stats.clone(),
+        requests: setup.requests.clone(),
         region: setup.region,
         last_sweep: Instant::now(),
         deadlines: false,
         buf: vec![0u8; READ_SIZE],
     };
     let thread = std::thread::Builder::new().name(name).spawn(move || relay.run())?;
-    Ok(Handle { tx, wake, thread: Some(thread) })
+    Ok(Worker { tx, wake, thread })
 }
 
 enum State {
@@ -194,6 +228,10 @@ struct Relay {
     child_port: u16,
     hold: Duration,
     max: usize,
+    /// Held connections this worker releases per turn: its share of [`RELEASE_BATCH`].
+    release_batch: usize,
+    /// The region's connections, all workers together (each counted from accept to close).
+    live: Arc<AtomicUsize>,
     stats: Arc<Stats>,
     requests: Arc<RequestStats>,
     region: &'static str,
@@ -294,12 +332,11 @@ impl Relay {
     /// Listens while there is room, descriptors and no pause.
     fn sync_listener(&mut self) {
         let Some(l) = &self.listener else { return };
-        let live = self.conns.len() - self.free.len() - self.freed.len();
         let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
-        let want = live < self.max && !paused;
+        let want = self.live.load(Relaxed) < self.max && !paused;
         if want != self.listening {
             let r = if want {
-                self.epoll.add(l.as_raw_fd(), WANT_READ, LISTENER)
+                self.epoll.add(l.as_raw_fd(), WANT_READ | sys::EXCLUSIVE, LISTENER)
             } else {
                 self.epoll.delete(l.as_raw_fd())
             };
@@ -332,8 +369,7 @@ impl Relay {
         let Some(l) = &self.listener else { return };
         let fd = l.as_raw_fd();
         for _ in 0..ACCEPT_BATCH {
-            let live = self.conns.len() - self.free.len() - self.freed.len();
-            if live >= self.max {
+            if !self.reserve() {
                 return;
             }
             match accept::accept_one(fd, FDS_PER_CONNECTION) {
@@ -354,8 +390,12 @@ impl Relay {
                         self.hold(slot);
                     }
                 }
-                Accepted::Empty => return,
+                Accepted::Empty => {
+                    self.live.fetch_sub(1, AcqRel);
+                    return;
+                }
                 Accepted::Pause(why) => {
+                    self.live.fetch_sub(1, AcqRel);
                     if self.paused_until.is_none() {
                         output::warn(Some(self.region), &format!("relay: not accepting for now: {why}"), &[]);
                     }
@@ -367,6 +407,11 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Counts one more connection for the region, unless that would pass its cap.
+    fn reserve(&self) -> bool {
+        self.live.fetch_update(AcqRel, Acquire, |n| (n < self.max).then_some(n + 1)).is_ok()
     }
 
     fn insert(&mut self, conn: Conn) -> usize {
@@ -393,7 +438,7 @@ impl Relay {
         if self.gate != Gate::Open {
             return;
         }
-        for _ in 0..RELEASE_BATCH {
+        for _ in 0..self.release_batch {
             let Some(&slot) = self.waiting.front() else { return };
             let due = match self.conns[slot].as_ref().map(|c| &c.state) {
                 Some(State::Held { not_before, .. }) => *not_before <= now,
@@ -561,6 +606,7 @@ impl Relay {
     /// Ends a connection: its sockets close when dropped (epoll forgets closed descriptors).
     fn close(&mut self, slot: usize) {
         let Some(conn) = self.conns[slot].take() else { return };
+        self.live.fetch_sub(1, AcqRel);
         if let State::Open(_, mut observer) = conn.state {
             observer.end(Instant::now());
             self.stats.active.fetch_sub(1, Relaxed);
@@ -641,6 +687,11 @@ mod tests {
 
     /// A relay on a free port in front of `child_port`, with its counters.
     fn relay(child_port: u16, hold: Duration) -> (Handle, u16, Arc<Stats>) {
+        capped_relay(child_port, hold, 64)
+    }
+
+    /// A relay of two workers that takes at most `max` connections at once.
+    fn capped_relay(child_port: u16, hold: Duration, max: usize) -> (Handle, u16, Arc<Stats>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stats = Arc::new(Stats::default());
@@ -649,9 +700,10 @@ mod tests {
             listener,
             child_port,
             hold,
-            max_connections: 64,
+            max_connections: max,
             stats: stats.clone(),
             requests: Arc::new(RequestStats::new("/healthz")),
+            workers: 2,
         };
         (start(setup).unwrap(), port, stats)
     }
@@ -700,6 +752,22 @@ mod tests {
         child.join().unwrap();
         wait_until("the connection to end", || get(&stats.active) == 0);
         assert_eq!((get(&stats.received), get(&stats.sent), get(&stats.held)), (5, 5, 0));
+        h.quit();
+    }
+
+    #[test]
+    fn the_cap_holds_across_the_workers() {
+        let (h, port, stats) = capped_relay(1, Duration::from_millis(300), 2);
+        let mut clients: Vec<TcpStream> =
+            (0..3).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        wait_until("two accepted", || get(&stats.accepted) == 2);
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(get(&stats.accepted), 2, "the third waits in the listen queue");
+        // Both held ones run out of hold time; closed by their clients, they free the cap.
+        let third = clients.pop().unwrap();
+        drop(clients);
+        wait_until("the third accepted", || get(&stats.accepted) == 3);
+        drop(third);
         h.quit();
     }
 
