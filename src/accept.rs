@@ -1,9 +1,9 @@
 //! Accepting connections with limits, for every port the supervisor listens on: the relay's
 //! region ports and the HTTP endpoint.
 //!
-//! Called on whichever thread owns a listener (each relay thread, the HTTP front thread). Two
-//! limits apply. Each listener's owner caps its own connections (past the cap it stops asking,
-//! and new clients wait in the kernel's listen queue). And one process-wide descriptor budget,
+//! Called on whichever thread accepts from a listener (a region's relay workers, the HTTP front
+//! thread). Two limits apply. Each listener has its own cap (a region's workers share one
+//! count; past the cap they stop asking, and new clients wait in the kernel's listen queue). And one process-wide descriptor budget,
 //! shared by every listener, keeps a reserve that connections can never take, so the
 //! supervisor's own work (child pipes at a restart, probes, scrapes, tiny_http's sockets) still
 //! finds descriptors while thousands of clients are connected. When accept(2) itself fails for

@@ -119,9 +119,10 @@ pub fn workers() -> usize {
 const READ_SIZE: usize = 64 * 1024;
 /// Descriptors a connection holds: the client's socket and the child's.
 const FDS_PER_CONNECTION: usize = 2;
-/// Held connections a region releases per turn of the loop (its workers share this), so a
-/// returning child is not hit by all of them in the same millisecond.
+/// Held connections a region releases per [`RELEASE_EVERY`] at most (each worker its share of
+/// them), so a returning child is not hit by all of them in the same millisecond.
 const RELEASE_BATCH: usize = 16;
+const RELEASE_EVERY: Duration = Duration::from_millis(1);
 /// Pause before a refused connect is tried again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// A connect to the child that has not completed in this long has failed.
@@ -168,6 +169,7 @@ fn start_worker(setup: &Setup, listener: TcpListener, live: &Arc<AtomicUsize>) -
         hold: setup.hold,
         max: setup.max_connections,
         release_batch: (RELEASE_BATCH / setup.workers.max(1)).max(1),
+        next_release: Instant::now(),
         live: live.clone(),
         stats: setup.stats.clone(),
         requests: setup.requests.clone(),
@@ -228,8 +230,11 @@ struct Relay {
     child_port: u16,
     hold: Duration,
     max: usize,
-    /// Held connections this worker releases per turn: its share of [`RELEASE_BATCH`].
+    /// Held connections this worker releases per [`RELEASE_EVERY`]: its share of
+    /// [`RELEASE_BATCH`].
     release_batch: usize,
+    /// No release before this (the last batch's time plus [`RELEASE_EVERY`]).
+    next_release: Instant,
     /// The region's connections, all workers together (each counted from accept to close).
     live: Arc<AtomicUsize>,
     stats: Arc<Stats>,
@@ -305,11 +310,13 @@ impl Relay {
                 Control::Gate(g) => self.gate = g,
                 Control::Stop => self.stop(now),
                 Control::Quit => {
+                    // `close` takes open ones off `active`; the held ones come off here. (Not
+                    // a store of 0: the region's other workers may be subtracting theirs.)
+                    self.stats.held.fetch_sub(self.waiting.len() as u64, Relaxed);
+                    self.waiting.clear();
                     for slot in 0..self.conns.len() {
                         self.close(slot);
                     }
-                    self.stats.active.store(0, Relaxed);
-                    self.stats.held.store(0, Relaxed);
                     return false;
                 }
             }
@@ -325,6 +332,7 @@ impl Relay {
             }
         }
         while let Some(slot) = self.waiting.pop_front() {
+            self.stats.held.fetch_sub(1, Relaxed);
             self.reject(slot, Reject::Stopping, now);
         }
     }
@@ -361,6 +369,10 @@ impl Relay {
         }
         if self.deadlines {
             at((self.last_sweep + SWEEP).saturating_duration_since(now));
+        }
+        if self.listener.is_some() && !self.listening {
+            // At the region's cap: another worker may free room without this one hearing of it.
+            at(SWEEP);
         }
         t
     }
@@ -435,7 +447,7 @@ impl Relay {
 
     /// Connects held connections while the region is open, a batch per turn, oldest first.
     fn release(&mut self, now: Instant) {
-        if self.gate != Gate::Open {
+        if self.gate != Gate::Open || now < self.next_release {
             return;
         }
         for _ in 0..self.release_batch {
@@ -447,6 +459,7 @@ impl Relay {
             if !due {
                 return;
             }
+            self.next_release = now + RELEASE_EVERY;
             self.waiting.pop_front();
             self.stats.held.fetch_sub(1, Relaxed);
             if matches!(self.conns[slot].as_ref().map(|c| &c.state), Some(State::Held { .. })) {
@@ -821,6 +834,7 @@ mod tests {
             assert_eq!(c.read(&mut [0u8; 4]).unwrap(), 0);
         }
         assert_eq!(stats.rejected(Reject::Stopping), 5);
+        assert_eq!(get(&stats.held), 0, "the held gauge follows");
         wait_until("the listener to close", || TcpStream::connect(("127.0.0.1", port)).is_err());
         h.quit();
     }
