@@ -3,12 +3,12 @@
 //!
 //! Called on whichever thread accepts from a listener (a region's relay workers, the HTTP front
 //! thread). Two limits apply. Each listener has its own cap (a region's workers share one
-//! count; past the cap they stop asking, and new clients wait in the kernel's listen queue). And one process-wide descriptor budget,
-//! shared by every listener, keeps a reserve that connections can never take, so the
-//! supervisor's own work (child pipes at a restart, probes, scrapes, tiny_http's sockets) still
-//! finds descriptors while thousands of clients are connected. When accept(2) itself fails for
-//! lack of descriptors or memory, the owner pauses accepting for [`PAUSE`]: never a hot loop,
-//! never an abort, and the listener stays bound.
+//! count; past the cap they stop asking, and new clients wait in the kernel's listen queue).
+//! And one process-wide descriptor budget, shared by every listener, keeps a reserve that
+//! connections can never take, so the supervisor's own work (child pipes at a restart, probes,
+//! scrapes, tiny_http's sockets) still finds descriptors while thousands of clients are
+//! connected. When accept(2) itself fails for lack of descriptors or memory, the owner pauses
+//! accepting for [`PAUSE`]: never a hot loop, never an abort, and the listener stays bound.
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
