@@ -95,7 +95,8 @@ Exit codes: 0 stopped by a signal (healthcheck: all healthy); 1 a region exhaust
 restarts or a runtime failure (healthcheck: a region unhealthy); 2 bad usage or configuration.
 
 Signals: SIGTERM, SIGINT, SIGQUIT stop every region (SIGTERM, then SIGKILL after the grace);
-a second SIGTERM or SIGINT kills at once. SIGHUP, SIGUSR1, SIGUSR2 are forwarded to every region.
+a second SIGTERM or SIGINT kills at once. SIGHUP restarts the regions one at a time (rolling,
+each waits for the last to be ready; not failures). SIGUSR1, SIGUSR2 are forwarded to every region.
 
 Configuration (environment variable, or the flag that mirrors it; flags win):
 ",

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::logtag::LogFormat;
+use crate::probe::Probe;
 use crate::region_table::{self, REGIONS};
 use crate::time::{duration_forms, parse_duration};
 
@@ -146,6 +147,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "longest log line kept whole; longer lines are emitted in pieces of at most this size",
     },
     Setting {
+        env: "SUPERVISOR_PROBE",
+        flag: "--probe",
+        default: "auto",
+        help: "readiness and liveness probe: http (GET the health path, 2xx), h2 (an HTTP/2 PING answered), tcp (a connect); auto: h2 if the children's FINFOCUS_PLUGIN_WEB_ENABLED or FINFOCUS_PLUGIN_HEALTH_ENDPOINT is false, else http",
+    },
+    Setting {
         env: "HEALTH_CHECK_TIMEOUT",
         flag: "--health-check-timeout",
         default: "5s",
@@ -203,6 +210,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub max_line: usize,
+    pub probe: Probe,
+    /// Why that probe: the setting, or for `auto` the variable that chose it.
+    pub probe_why: String,
     pub health_check_timeout: Duration,
     pub quiet_healthcheck: bool,
 }
@@ -302,6 +312,7 @@ impl Config {
         let regions = plan_regions(&mut p, relay.is_some());
         let metrics_addr = parse_metrics_addr(&mut p);
         let shutdown_grace = parse_grace(&mut p);
+        let (probe, probe_why) = parse_probe(&mut p);
         let config = Config {
             regions,
             relay,
@@ -326,6 +337,8 @@ impl Config {
                 |s| parse_size(s).filter(|n| (MIN_LINE..=MAX_LINE).contains(n)),
                 "a size from 64 bytes to 64MiB (use 65536, 64KiB, 1MiB)",
             ),
+            probe,
+            probe_why,
             health_check_timeout: p.positive_duration("HEALTH_CHECK_TIMEOUT"),
             quiet_healthcheck: p.typed(
                 "QUIET_HEALTHCHECK",
@@ -463,6 +476,30 @@ fn parse_grace(p: &mut Parser) -> Duration {
             }),
         _ => p.duration("SUPERVISOR_SHUTDOWN_GRACE"),
     }
+}
+
+/// The variables that turn the plugin's HTTP/1.1 health endpoint off (SPEC "The real
+/// plugin"); the children inherit the supervisor's environment, so this is theirs too.
+const HEALTH_SWITCHES: [&str; 2] = ["FINFOCUS_PLUGIN_WEB_ENABLED", "FINFOCUS_PLUGIN_HEALTH_ENDPOINT"];
+
+/// `SUPERVISOR_PROBE`, with `auto` resolved, and why.
+fn parse_probe(p: &mut Parser) -> (Probe, String) {
+    let chosen = p.typed(
+        "SUPERVISOR_PROBE",
+        |s| if s == "auto" { Some(None) } else { Probe::parse(s).map(Some) },
+        "a probe (use http, h2, tcp or auto)",
+    );
+    if let Some(probe) = chosen {
+        return (probe, format!("SUPERVISOR_PROBE={}", probe.as_str()));
+    }
+    for name in HEALTH_SWITCHES {
+        if let Some(Ok(v)) = (p.lookup)(name) {
+            if v.trim().eq_ignore_ascii_case("false") {
+                return (Probe::H2, format!("auto: {name}={v} (the children serve gRPC only, no /healthz)"));
+            }
+        }
+    }
+    (Probe::Http, "auto: the children serve their health path (neither FINFOCUS_PLUGIN_WEB_ENABLED nor FINFOCUS_PLUGIN_HEALTH_ENDPOINT is false)".into())
 }
 
 /// No two of the region ports, child ports and the metrics port may be equal.

@@ -1,16 +1,14 @@
-//! The `healthcheck` subcommand: probe every selected region's health path once, in parallel.
+//! The `healthcheck` subcommand: probe every selected region once, in parallel, with the probe
+//! `run` uses (`SUPERVISOR_PROBE`), at the region's port (through the relay when it is on).
 //!
 //! Runs in its own short-lived process (Docker's HEALTHCHECK), one thread per region. It
 //! reads the same configuration as `run`, so it checks exactly what `run` started. Docker
 //! understands exit codes 0 and 1 only, so those are the only two it returns after parsing.
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::exit::Exit;
-use crate::http_client;
 
 pub fn run(config: &Config) -> Exit {
     let results = probe_all(config);
@@ -47,7 +45,8 @@ fn probe_all(config: &Config) -> Vec<Result<(), String>> {
             .iter()
             .map(|plan| {
                 s.spawn(move || {
-                    check(config.client_addr(plan), &config.health_path, timeout).map_err(|why| match &config.relay {
+                    let addr = config.client_addr(plan);
+                    config.probe.check(addr, &config.health_path, timeout).map_err(|why| match &config.relay {
                         // The relay holds a connection to a region that is not ready: say so.
                         Some(_) if why == "timed out" => {
                             format!("no answer within {timeout:?} (the relay holds connections while a region is not ready)")
@@ -59,13 +58,4 @@ fn probe_all(config: &Config) -> Vec<Result<(), String>> {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("probe thread failed".into()))).collect()
     })
-}
-
-fn check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
-    let response = http_client::get_at(addr, path, timeout, 64 * 1024)?;
-    if http_client::healthy(&response) {
-        Ok(())
-    } else {
-        Err(format!("{path} answered HTTP {}", response.status))
-    }
 }

@@ -69,7 +69,7 @@ fn left(deadline: Instant) -> Result<Duration, String> {
     }
 }
 
-fn describe(e: &io::Error) -> String {
+pub fn describe(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".into(),
         io::ErrorKind::ConnectionRefused => "connection refused".into(),

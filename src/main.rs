@@ -20,6 +20,7 @@ mod logtag;
 mod observe;
 mod output;
 mod policy;
+mod probe;
 mod reaper;
 mod region;
 mod region_table;

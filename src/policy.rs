@@ -90,7 +90,9 @@ pub enum Event {
     Stop {
         signal: i32,
     },
-    /// SIGHUP, SIGUSR1 or SIGUSR2.
+    /// SIGHUP: the rolling restart.
+    Reload,
+    /// SIGUSR1 or SIGUSR2.
     Forward {
         signal: i32,
     },
@@ -134,16 +136,27 @@ pub enum Phase {
     Ready,
     /// Was ready; its latest probe failed.
     Unhealthy,
-    /// SIGTERM sent; SIGKILL at `kill_at` (None once sent). `restart`: after a failure.
+    /// SIGTERM sent; SIGKILL at `kill_at` (None once sent); `then` says what follows.
     Stopping {
         kill_at: Option<Instant>,
-        restart: bool,
+        then: Then,
     },
     Backoff {
         until: Instant,
     },
     Stopped,
     Failed,
+}
+
+/// What follows once a child that is being stopped is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Nothing: the supervisor is stopping, or the region gave up.
+    Rest,
+    /// The backoff, then a restart: the child failed (startup timeout, liveness).
+    Backoff,
+    /// A new child at once, no failure counted: the rolling restart (SIGHUP).
+    Respawn,
 }
 
 #[derive(Clone, Debug)]
@@ -185,7 +198,9 @@ impl RegionRecord {
         match self.phase {
             Phase::Spawning | Phase::Starting { .. } => RegionState::Starting,
             Phase::Ready => RegionState::Ready,
-            Phase::Unhealthy | Phase::Stopping { restart: true, .. } => RegionState::Unhealthy,
+            Phase::Unhealthy | Phase::Stopping { then: Then::Backoff, .. } => RegionState::Unhealthy,
+            // Recycled by a rolling restart: on its way to a new start.
+            Phase::Stopping { then: Then::Respawn, .. } => RegionState::Starting,
             Phase::Backoff { .. } => RegionState::Backoff,
             _ if self.gave_up => RegionState::Failed,
             Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => RegionState::Stopped,
@@ -223,6 +238,10 @@ pub struct Policy {
     exit: Exit,
     /// The region that gave up, and why, until its last output is known.
     give_up: Option<(usize, String)>,
+    /// The regions in table order (the order a rolling restart takes).
+    table_order: Vec<usize>,
+    /// During a rolling restart: the position in `table_order` of the region being recycled.
+    rolling: Option<usize>,
     finished: bool,
     out: Vec<Action>,
 }
@@ -230,9 +249,13 @@ pub struct Policy {
 impl Policy {
     /// `names`: the selected regions, in the order the supervisor indexes them.
     pub fn new(settings: Settings, names: Vec<&'static str>) -> Policy {
+        let mut table_order: Vec<usize> = (0..names.len()).collect();
+        table_order.sort_by_key(|&r| crate::region_table::index_of(names[r]));
         Policy {
             settings,
             regions: names.iter().map(|_| RegionRecord::new()).collect(),
+            table_order,
+            rolling: None,
             names,
             stopping: false,
             killing: false,
@@ -250,6 +273,8 @@ impl Policy {
 
     pub fn on(&mut self, input: Event, now: Instant) -> Vec<Action> {
         match input {
+            // A stop that came first leaves nothing to start.
+            Event::Begin if self.stopping => {}
             Event::Begin => (0..self.regions.len()).for_each(|r| self.spawn(r)),
             Event::Started { region, generation, pid } => self.started(region, generation, pid, now),
             Event::SpawnFailed { region, generation, error } => {
@@ -269,6 +294,7 @@ impl Policy {
                 }
             }
             Event::Stop { signal } => self.stop_signal(signal, now),
+            Event::Reload => self.reload(now),
             Event::Forward { signal } => self.forward(signal),
             Event::Tick => {}
         }
@@ -324,7 +350,7 @@ impl Policy {
         if self.stopping {
             // A stop began while this spawn was under way: stop it right away.
             self.regions[r].phase =
-                Phase::Stopping { kill_at: Some(now + self.settings.grace), restart: false };
+                Phase::Stopping { kill_at: Some(now + self.settings.grace), then: Then::Rest };
             let signal = if self.killing { libc::SIGKILL } else { libc::SIGTERM };
             self.out.push(Action::Signal { region: r, pid, signal });
             return;
@@ -349,7 +375,11 @@ impl Policy {
             return;
         }
         match self.regions[r].phase {
-            Phase::Stopping { restart: true, .. } if !self.stopping => self.schedule_restart(r, now),
+            Phase::Stopping { then: Then::Backoff, .. } if !self.stopping => self.schedule_restart(r, now),
+            Phase::Stopping { then: Then::Respawn, .. } if !self.stopping => {
+                self.regions[r].restarts += 1;
+                self.spawn(r);
+            }
             Phase::Stopping { .. } => self.regions[r].phase = Phase::Stopped,
             _ => self.ended(r, status.to_string(), tail, now),
         }
@@ -382,7 +412,7 @@ impl Policy {
                 }
                 None => {
                     self.give_up = Some((r, cause.clone()));
-                    self.stop_region(r, false, now);
+                    self.stop_region(r, Then::Rest, now);
                 }
             }
             self.begin_stop(format!("{} gave up", self.names[r]), now);
@@ -397,7 +427,7 @@ impl Policy {
         if tail.is_some() {
             self.schedule_restart(r, now);
         } else {
-            self.stop_region(r, true, now);
+            self.stop_region(r, Then::Backoff, now);
         }
     }
 
@@ -428,13 +458,13 @@ impl Policy {
     }
 
     /// SIGTERM now, SIGKILL after the grace.
-    fn stop_region(&mut self, r: usize, restart: bool, now: Instant) {
+    fn stop_region(&mut self, r: usize, then: Then, now: Instant) {
         let Some(pid) = self.regions[r].pid else { return };
         if let Phase::Stopping { kill_at, .. } = self.regions[r].phase {
-            self.regions[r].phase = Phase::Stopping { kill_at, restart };
+            self.regions[r].phase = Phase::Stopping { kill_at, then };
             return;
         }
-        self.regions[r].phase = Phase::Stopping { kill_at: Some(now + self.settings.grace), restart };
+        self.regions[r].phase = Phase::Stopping { kill_at: Some(now + self.settings.grace), then };
         self.out.push(Action::Signal { region: r, pid, signal: libc::SIGTERM });
     }
 
@@ -444,10 +474,14 @@ impl Policy {
         }
         self.stopping = true;
         self.log("info", None, format!("stopping all regions: {reason}"), vec![]);
+        if self.rolling.take().is_some() {
+            self.log("info", None, "rolling restart: ended by the stop".into(), vec![]);
+        }
         for r in 0..self.regions.len() {
             match self.regions[r].phase {
-                Phase::Starting { .. } | Phase::Ready | Phase::Unhealthy => self.stop_region(r, false, now),
-                Phase::Stopping { .. } => self.stop_region(r, false, now),
+                Phase::Starting { .. } | Phase::Ready | Phase::Unhealthy | Phase::Stopping { .. } => {
+                    self.stop_region(r, Then::Rest, now)
+                }
                 Phase::Backoff { .. } => self.regions[r].phase = Phase::Stopped,
                 // A spawn under way is stopped when it reports in (`started`).
                 Phase::Spawning | Phase::Stopped | Phase::Failed => {}
@@ -473,10 +507,47 @@ impl Policy {
         for r in 0..self.regions.len() {
             if let Some(pid) = self.regions[r].pid {
                 self.out.push(Action::Signal { region: r, pid, signal: libc::SIGKILL });
-                if let Phase::Stopping { restart, .. } = self.regions[r].phase {
-                    self.regions[r].phase = Phase::Stopping { kill_at: None, restart };
+                if let Phase::Stopping { then, .. } = self.regions[r].phase {
+                    self.regions[r].phase = Phase::Stopping { kill_at: None, then };
                 }
             }
+        }
+    }
+
+    /// SIGHUP: every serving region gets a new child, one at a time in table order, the next
+    /// once the last is ready again. Not failures: the count and backoff stay as they are.
+    fn reload(&mut self, now: Instant) {
+        if self.stopping {
+            self.log("info", None, "SIGHUP ignored: stopping".into(), vec![]);
+        } else if self.rolling.is_some() {
+            self.log("warn", None, "rolling restart already in progress: SIGHUP ignored".into(), vec![]);
+        } else {
+            self.log("info", None, "rolling restart: begin".into(), vec![]);
+            self.roll_from(0, now);
+        }
+    }
+
+    /// Recycles the first region at or after `position` (in table order) that serves now, or
+    /// ends the rolling restart. Regions that do not serve (starting, in backoff, stopped) are
+    /// skipped: they get a new child anyway, or have none to recycle.
+    fn roll_from(&mut self, position: usize, now: Instant) {
+        let next = (position..self.table_order.len())
+            .find(|&p| self.regions[self.table_order[p]].takes_connections());
+        self.rolling = next;
+        match next {
+            Some(p) => {
+                let r = self.table_order[p];
+                self.log("info", Some(r), "rolling restart: restarting".into(), vec![]);
+                self.stop_region(r, Then::Respawn, now);
+            }
+            None => self.log("info", None, "rolling restart: done".into(), vec![]),
+        }
+    }
+
+    /// A region passed its readiness probe: the rolling restart moves on if it waited for it.
+    fn became_ready(&mut self, r: usize, now: Instant) {
+        if let Some(p) = self.rolling.filter(|&p| self.table_order[p] == r) {
+            self.roll_from(p + 1, now);
         }
     }
 
@@ -501,6 +572,7 @@ impl Policy {
                 reg.probe_at = Some(now + interval);
                 reg.reset_at = (reg.failures > 0).then_some(now + self.settings.reset);
                 self.log("info", Some(r), "ready".into(), vec![]);
+                self.became_ready(r, now);
             }
             (Phase::Starting { .. }, Err(_)) => reg.probe_at = Some(now + STARTUP_PROBE_EVERY),
             (Phase::Ready, Ok(())) => reg.probe_at = Some(now + interval),
@@ -538,8 +610,8 @@ impl Policy {
                     let cause = format!("not ready within {}", human(self.settings.startup_timeout));
                     self.failure(r, cause, None, now);
                 }
-                Phase::Stopping { kill_at: Some(t), restart } if now >= t => {
-                    self.regions[r].phase = Phase::Stopping { kill_at: None, restart };
+                Phase::Stopping { kill_at: Some(t), then } if now >= t => {
+                    self.regions[r].phase = Phase::Stopping { kill_at: None, then };
                     if let Some(pid) = self.regions[r].pid {
                         self.log(
                             "warn",
@@ -845,9 +917,121 @@ mod tests {
     fn forwards_to_live_children_only() {
         let mut sim = Sim::new(2);
         sim.up(0, 10);
-        sim.send(Event::Forward { signal: libc::SIGHUP });
-        assert!(sim.has(&Action::Signal { region: 0, pid: 10, signal: libc::SIGHUP }));
+        sim.send(Event::Forward { signal: libc::SIGUSR1 });
+        assert!(sim.has(&Action::Signal { region: 0, pid: 10, signal: libc::SIGUSR1 }));
         assert_eq!(sim.actions.iter().filter(|a| matches!(a, Action::Signal { .. })).count(), 1);
+    }
+
+    fn logged(sim: &Sim, text: &str) -> bool {
+        sim.actions.iter().any(|a| matches!(a, Action::Log { message, .. } if message.contains(text)))
+    }
+
+    fn sigterms(sim: &Sim) -> Vec<usize> {
+        sim.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Signal { region, signal: libc::SIGTERM, .. } => Some(*region),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Regions given out of table order: ap-south-1 (row 6), us-east-1 (row 0), eu-west-1 (row 2).
+    fn rolling_sim() -> Sim {
+        let names = vec!["ap-south-1", "us-east-1", "eu-west-1"];
+        let mut sim = Sim { p: Policy::new(settings(), names), now: Instant::now(), actions: vec![] };
+        sim.send(Event::Begin);
+        for r in 0..3 {
+            sim.up(r, 10 + r as i32);
+        }
+        sim
+    }
+
+    #[test]
+    fn sighup_recycles_one_region_at_a_time_in_table_order() {
+        let mut sim = rolling_sim();
+        sim.send(Event::Reload);
+        assert!(logged(&sim, "rolling restart: begin"));
+        let mut order = Vec::new();
+        for pid in [100, 200, 300] {
+            let stopped = sigterms(&sim);
+            assert_eq!(stopped.len(), 1, "one region at a time: {:?}", sim.actions);
+            let r = stopped[0];
+            order.push(sim.p.names[r]);
+            let not_ready = sim.p.regions.iter().filter(|x| !x.takes_connections()).count();
+            assert_eq!(not_ready, 1, "only the recycled region stops serving");
+            assert_eq!(sim.p.regions[r].state().as_str(), "starting");
+            let generation = sim.generation(r);
+            sim.exit(r, ExitStatus::Code(0));
+            assert!(sim.has(&Action::Spawn { region: r, generation: generation + 1 }), "respawned at once");
+            assert_eq!(sim.p.regions[r].restarts, 1);
+            assert_eq!(sim.p.regions[r].failures, 0, "not a failure");
+            let generation = sim.generation(r);
+            sim.send(Event::Started { region: r, generation, pid });
+            assert!(sigterms(&sim).is_empty(), "the next waits until this one is ready");
+            sim.send(Event::Probed { region: r, generation, result: Ok(()) });
+        }
+        assert_eq!(order, ["us-east-1", "eu-west-1", "ap-south-1"]);
+        assert!(logged(&sim, "rolling restart: done"));
+        assert!(sim.p.regions.iter().all(|r| r.is_ready() && r.restarts == 1 && r.failures == 0));
+    }
+
+    #[test]
+    fn sighup_during_a_rolling_restart_is_logged_and_ignored() {
+        let mut sim = rolling_sim();
+        sim.send(Event::Reload);
+        assert_eq!(sigterms(&sim), [1]);
+        sim.send(Event::Reload);
+        assert!(logged(&sim, "rolling restart already in progress"));
+        assert!(sigterms(&sim).is_empty());
+    }
+
+    #[test]
+    fn a_stop_ends_the_rolling_restart() {
+        let mut sim = rolling_sim();
+        sim.send(Event::Reload);
+        sim.send(Event::Stop { signal: libc::SIGTERM });
+        assert!(logged(&sim, "rolling restart: ended by the stop"));
+        sim.exit(1, ExitStatus::Code(0));
+        assert!(!sim.actions.iter().any(|a| matches!(a, Action::Spawn { .. })), "no respawn while stopping");
+        sim.exit(0, ExitStatus::Code(0));
+        sim.exit(2, ExitStatus::Code(0));
+        assert_eq!(sim.exit_code(), Some(Exit::Ok));
+    }
+
+    #[test]
+    fn a_recycled_region_that_fails_to_come_back_is_a_failure_and_the_roll_waits() {
+        let mut sim = rolling_sim();
+        sim.send(Event::Reload);
+        sim.exit(1, ExitStatus::Code(0));
+        let generation = sim.generation(1);
+        sim.send(Event::Started { region: 1, generation, pid: 50 });
+        sim.advance(Duration::from_secs(10));
+        assert_eq!(sim.p.regions[1].failures, 1, "not ready within the startup timeout");
+        assert_eq!(sigterms(&sim), [1]);
+        sim.exit(1, ExitStatus::Signal(libc::SIGTERM));
+        sim.advance(Duration::from_secs(1));
+        sim.up(1, 51);
+        assert_eq!(sigterms(&sim), [2], "the roll goes on once the region is ready");
+    }
+
+    #[test]
+    fn a_rolling_restart_skips_regions_that_do_not_serve() {
+        let mut sim = rolling_sim();
+        sim.exit(1, ExitStatus::Code(1)); // us-east-1 in backoff
+        sim.send(Event::Reload);
+        assert_eq!(sigterms(&sim), [2], "us-east-1 is skipped: eu-west-1 first");
+    }
+
+    #[test]
+    fn a_stop_before_the_start_starts_nothing() {
+        let names = crate::region_table::REGIONS[..2].to_vec();
+        let mut p = Policy::new(settings(), names);
+        let now = Instant::now();
+        let actions = p.on(Event::Stop { signal: libc::SIGTERM }, now);
+        assert!(actions.iter().any(|a| matches!(a, Action::Log { message, .. } if message == "stopping all regions: received SIGTERM")));
+        assert!(actions.contains(&Action::Exit(Exit::Ok)));
+        assert!(p.on(Event::Begin, now).is_empty());
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn start(
                         continue;
                     }
                     SIGTERM | SIGINT | SIGQUIT => Event::Stop { signal },
+                    SIGHUP => Event::Reload,
                     _ => Event::Forward { signal },
                 };
                 if events.send(event).is_err() {

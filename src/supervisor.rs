@@ -5,6 +5,7 @@
 //! event to the pure `Policy`, and carries out the actions: messages to region threads, probe
 //! threads, signals through the registry (which refuses pids already reaped), log lines.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -16,7 +17,6 @@ use signal_hook::iterator::Signals;
 use crate::accept;
 use crate::config::{Config, Preflight};
 use crate::exit::Exit;
-use crate::http_client;
 use crate::observe::RequestStats;
 use crate::output;
 use crate::policy::{Action, Event, Policy, Settings};
@@ -28,9 +28,6 @@ use crate::signals;
 use crate::sys;
 use crate::view::{LogStats, RegionState, RegionView, SharedView, View};
 
-/// A probe reads at most this much of a health response.
-const PROBE_BODY_LIMIT: usize = 64 * 1024;
-
 /// Descriptors the relay and the HTTP front may never take: the supervisor's own work (child
 /// pipes at restarts, probes, scrapes) needs them. Per region, plus a fixed part.
 const RESERVED_FDS: usize = 16;
@@ -39,8 +36,21 @@ const RESERVED_FDS_PER_REGION: usize = 4;
 /// Supervises until stopped; returns the process exit code (0 signal stop, 1 gave up).
 pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
     let writer = output::start();
-    if stop_pending(&mut signals) {
-        output::info(None, "stopped before any region started", &[("exit_code", Exit::Ok.code().into())]);
+    // The first event names what runs and how it is judged ready (SPEC: the `probe` member).
+    output::info(
+        None,
+        &format!("supervising {} regions", config.regions.len()),
+        &[
+            ("version", env!("CARGO_PKG_VERSION").into()),
+            ("pid", sys::getpid().into()),
+            ("probe", config.probe.as_str().into()),
+            ("probe_reason", config.probe_why.clone().into()),
+        ],
+    );
+    if let Some(signal) = stop_pending(&mut signals) {
+        // Nothing runs yet, but the stop is logged like any other.
+        output::info(None, &format!("stopping all regions: received {}", sys::signal_name(signal)), &[]);
+        output::info(None, "stopped", &[("exit_code", Exit::Ok.code().into())]);
         output::flush(Duration::from_secs(1));
         return Exit::Ok;
     }
@@ -82,11 +92,6 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
         view,
         started_at: vec![None; stats.len()],
     };
-    output::info(
-        None,
-        &format!("supervising {} regions", sup.config.regions.len()),
-        &[("version", env!("CARGO_PKG_VERSION").into()), ("pid", sys::getpid().into())],
-    );
     let code = sup.event_loop(inbox);
     sup.shut_down(threads, server, signal_handle, &stats, code);
     drop(writer);
@@ -94,8 +99,8 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
 }
 
 /// A stop signal that came while the configuration was checked: nothing is started then.
-fn stop_pending(signals: &mut Signals) -> bool {
-    signals.pending().any(|s| matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT))
+fn stop_pending(signals: &mut Signals) -> Option<i32> {
+    signals.pending().find(|s| matches!(*s, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT))
 }
 
 type Regions = (Vec<Mailbox>, Vec<JoinHandle<()>>, Vec<Arc<LogStats>>);
@@ -194,18 +199,25 @@ struct Supervisor {
 
 impl Supervisor {
     fn event_loop(&mut self, inbox: crossbeam_channel::Receiver<Event>) -> Exit {
-        // A stop signal that arrived while the threads were being started: start nothing.
+        // A stop signal that arrived while the threads were being started goes first: the
+        // policy then logs the stop and starts nothing.
         let mut early: std::collections::VecDeque<Event> = inbox.try_iter().collect();
-        if early.iter().any(|e| matches!(e, Event::Stop { .. })) {
-            output::info(None, "stopped before any region started", &[]);
-            return Exit::Ok;
-        }
-        let mut event = Event::Begin;
+        let stop = early.iter().position(|e| matches!(e, Event::Stop { .. }));
+        let mut event = match stop.and_then(|i| early.remove(i)) {
+            Some(stop) => {
+                early.push_front(Event::Begin);
+                stop
+            }
+            None => Event::Begin,
+        };
         loop {
             if let Event::Started { region, .. } = event {
                 self.started_at[region] = Some(SystemTime::now());
             }
             let actions = self.policy.on(event, Instant::now());
+            // The relays learn first: a region about to be stopped holds new connections
+            // before its child is signalled, so none is sent to a closing child.
+            self.steer_relays();
             for action in actions {
                 if let Some(code) = self.act(action) {
                     self.publish();
@@ -251,15 +263,11 @@ impl Supervisor {
 
     /// Probes on a short-lived thread so a hanging child never stalls the event loop.
     fn probe(&self, region: usize, generation: u64, timeout: Duration) {
-        let port = self.config.regions[region].child_port;
-        let path = self.config.health_path.clone();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.config.regions[region].child_port));
+        let (probe, path) = (self.config.probe, self.config.health_path.clone());
         let events = self.events.clone();
         let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
-            let result = match http_client::get(port, &path, timeout, PROBE_BODY_LIMIT) {
-                Ok(r) if http_client::healthy(&r) => Ok(()),
-                Ok(r) => Err(format!("{path} answered HTTP {}", r.status)),
-                Err(e) => Err(e),
-            };
+            let result = probe.check(addr, &path, timeout);
             let _ = events.send(Event::Probed { region, generation, result });
         });
         if let Err(e) = spawned {

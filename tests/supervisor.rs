@@ -131,10 +131,10 @@ fn a_second_sigterm_kills_at_once() {
 }
 
 #[test]
-fn sighup_usr1_usr2_reach_every_child() {
+fn usr1_and_usr2_reach_every_child() {
     let sup = Sup::start(&[("SUPERVISOR_REGIONS", "us-east-1,eu-west-1,sa-east-1")]);
     sup.wait_ready(READY);
-    for (sig, name) in [(libc::SIGHUP, "SIGHUP"), (libc::SIGUSR1, "SIGUSR1"), (libc::SIGUSR2, "SIGUSR2")] {
+    for (sig, name) in [(libc::SIGUSR1, "SIGUSR1"), (libc::SIGUSR2, "SIGUSR2")] {
         sup.signal(sig);
         sup.wait_for(name, EXIT, |s| {
             let got: Vec<String> = s
@@ -148,6 +148,69 @@ fn sighup_usr1_usr2_reach_every_child() {
         });
     }
     assert_eq!(sup.child_pids().len(), 3, "forwarding must not restart anything");
+}
+
+/// SIGHUP is a rolling restart (SPEC "Signals and PID 1"): every region gets a new child, one
+/// at a time in table order, and none of it is a failure. No child ever sees the SIGHUP.
+#[test]
+fn sighup_restarts_the_regions_one_at_a_time_in_table_order() {
+    let mut sup = Sup::start(&[("SUPERVISOR_REGIONS", "sa-east-1,us-east-1,eu-west-1")]);
+    sup.wait_ready(READY);
+    let before = sup.child_pids();
+    sup.signal(libc::SIGHUP);
+    sup.wait_for("rolling restart: done", READY, |s| {
+        s.events().iter().any(|e| e["message"] == "rolling restart: done")
+    });
+    let events = sup.events();
+    let order: Vec<&str> = events
+        .iter()
+        .filter(|e| e["message"] == "rolling restart: restarting")
+        .filter_map(|e| e["region"].as_str())
+        .collect();
+    assert_eq!(order, ["us-east-1", "eu-west-1", "sa-east-1"]);
+    // The next region is stopped only once the one before is ready again.
+    let at = |region: &str, message: &str| {
+        events.iter().rposition(|e| e["region"] == region && e["message"] == message).unwrap()
+    };
+    assert!(at("us-east-1", "ready") < at("eu-west-1", "rolling restart: restarting"));
+    assert!(at("eu-west-1", "ready") < at("sa-east-1", "rolling restart: restarting"));
+    let after = sup.child_pids();
+    for (region, pid) in &before {
+        assert!(!after.contains(&(region.clone(), *pid)), "{region} kept pid {pid}");
+    }
+    assert!(!sup.lines().iter().any(|l| l.contains("\"signal\":\"SIGHUP\"")), "a child saw SIGHUP");
+    assert!(!sup.lines().iter().any(|l| l.contains("failure")), "{}", sup.tail(30));
+    let (_, health) = sup.health().unwrap();
+    assert!(health.iter().all(|r| r.state == "ready" && r.restarts == 1), "{health:?}");
+    sup.signal(libc::SIGTERM);
+    assert_eq!(exit_code(sup.wait_exit(EXIT)), Some(0));
+}
+
+/// A stop however early (from the moment the handlers are in place) is logged like any
+/// other: `stopping all regions` and `stopped`, exit 0, no child left.
+#[test]
+fn a_stop_right_after_the_start_is_logged() {
+    for delay_ms in [1u64, 2, 5, 20] {
+        let ports = Ports::new();
+        let mut sup = Sup::spawn(command(&ports, &[]), ports);
+        // Before its handlers exist the default action would end it: that is no stop to log.
+        let t = Instant::now();
+        while !catches(sup.pid, libc::SIGTERM) {
+            assert!(t.elapsed() < EXIT, "handlers never installed");
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        sup.signal(libc::SIGTERM);
+        assert_eq!(exit_code(sup.wait_exit(EXIT)), Some(0), "{delay_ms} ms");
+        let messages: Vec<String> =
+            sup.events().iter().filter_map(|e| e["message"].as_str().map(str::to_string)).collect();
+        assert!(
+            messages.iter().any(|m| m == "stopping all regions: received SIGTERM"),
+            "{delay_ms} ms: {messages:?}"
+        );
+        assert_eq!(messages.last().map(String::as_str), Some("stopped"), "{delay_ms} ms: {messages:?}");
+        assert!(wait_gone(&sup.all_child_pids(), EXIT).is_empty(), "{delay_ms} ms: children left");
+    }
 }
 
 #[test]
