@@ -18,6 +18,38 @@ use std::time::Duration;
 
 use crate::sys;
 
+/// Descriptors the supervisor holds whatever it supervises: the standard streams, the signal
+/// pipe, the HTTP endpoint's listener, its front's epoll and wake-up, tiny_http's socket and
+/// thread (12 measured with the endpoint on; `tests/supervisor.rs` checks the sum below).
+const BASE_FDS: usize = 12;
+/// Per region: its thread's wake-up and its child's two log pipes.
+const REGION_FDS: usize = 3;
+/// Per relay worker of a region: its epoll, its wake-up and its copy of the region's listener.
+const WORKER_FDS: usize = 3;
+/// Descriptors connections may never take: the supervisor's own work needs them (a restart's
+/// two pipes and /dev/null, probes, scrapes, /proc reads). A fixed part, plus per region.
+const RESERVED_FDS: usize = 16;
+const RESERVED_FDS_PER_REGION: usize = 4;
+
+/// What connections may never take, for `regions` regions.
+pub fn reserve(regions: usize) -> usize {
+    RESERVED_FDS + RESERVED_FDS_PER_REGION * regions
+}
+
+/// The fewest descriptors `regions` regions need with `workers` relay workers each (0: no
+/// relay): what the supervisor holds, its reserve, and room for one relayed connection per
+/// region.
+pub fn least(regions: usize, workers: usize) -> usize {
+    let relay = if workers > 0 { regions * (workers * WORKER_FDS + 2) } else { 0 };
+    BASE_FDS + regions * REGION_FDS + relay + reserve(regions)
+}
+
+/// The most relay workers per region, up to `wanted`, that `limit` descriptors allow; `None`
+/// when not even one does.
+pub fn relay_workers(regions: usize, wanted: usize, limit: usize) -> Option<usize> {
+    (1..=wanted.max(1)).rev().find(|&w| least(regions, w) <= limit)
+}
+
 /// How long a listener's owner waits before trying again after running short.
 pub const PAUSE: Duration = Duration::from_millis(100);
 

@@ -576,9 +576,33 @@ fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
 /// What `preflight` hands over: the listeners, already bound, so nothing can take an address
 /// between the check and its use.
 pub struct Preflight {
+    /// Relay workers per region: one per CPU (at most 4), fewer where the open-file limit
+    /// allows no more; 0 with the relay off.
+    pub relay_workers: usize,
     pub metrics_listener: Option<TcpListener>,
     /// One per region, in `config.regions` order; empty with the relay off.
     pub relay_listeners: Vec<TcpListener>,
+}
+
+/// The relay workers per region the open-file limit allows (the soft limit, already raised to
+/// the hard one): as many as there are CPUs (at most 4), fewer when short, and an error naming
+/// the limit and the need when not even one per region fits (or, without the relay, the
+/// regions themselves do not).
+fn check_descriptors(config: &Config, errors: &mut Vec<String>) -> usize {
+    let limit = usize::try_from(crate::sys::nofile_limit()).unwrap_or(usize::MAX);
+    let regions = config.regions.len();
+    let found = match config.relay {
+        Some(_) => crate::accept::relay_workers(regions, crate::relay::workers(), limit),
+        None => (crate::accept::least(regions, 0) <= limit).then_some(0),
+    };
+    found.unwrap_or_else(|| {
+        let need = crate::accept::least(regions, usize::from(config.relay.is_some()));
+        let what = if config.relay.is_some() { "with the relay" } else { "without the relay" };
+        errors.push(format!(
+            "the open-file limit (RLIMIT_NOFILE, hard limit included) is {limit}; {regions} regions {what} need at least {need} (raise it: docker run --ulimit nofile={need}, or ulimit -n {need})"
+        ));
+        0
+    })
 }
 
 /// The listen queue of a region port: clients past `SUPERVISOR_RELAY_MAX_CONNECTIONS` wait here.
@@ -589,6 +613,7 @@ const RELAY_BACKLOG: i32 = 1024;
 /// relay address, the metrics address is bindable.
 pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, Vec<String>> {
     let mut errors = Vec::new();
+    let relay_workers = check_descriptors(config, &mut errors);
     check_programs(config, path_var, &mut errors);
     let child_env =
         if config.relay.is_some() { "SUPERVISOR_CHILD_PORT_BASE" } else { "SUPERVISOR_PORT_BASE" };
@@ -627,7 +652,7 @@ pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, V
         },
     };
     if errors.is_empty() {
-        Ok(Preflight { metrics_listener, relay_listeners })
+        Ok(Preflight { relay_workers, metrics_listener, relay_listeners })
     } else {
         Err(errors)
     }

@@ -4,7 +4,8 @@
 //! child gets: the supervisor's whole environment plus its region and port; /dev/null as
 //! stdin; a pipe of its own for stdout and another for stderr (so a partial line on one is
 //! never joined with a line of the other; SPEC "Logs"); its own process
-//! group (so a stop reaches its helpers too); a parent-death signal. It inherits no other
+//! group (so a stop reaches its helpers too); a parent-death signal; the open-file limit the
+//! supervisor started with (it raised its own). It inherits no other
 //! descriptor: everything the supervisor opens is close-on-exec, and `main` marks whatever
 //! it inherited close-on-exec before any thread starts.
 
@@ -37,10 +38,11 @@ pub fn command(plan: &RegionPlan, stdout: OwnedFd, stderr: OwnedFd, supervisor_p
     }
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     cmd.process_group(0);
-    // SAFETY: the closure only makes async-signal-safe syscalls on an integer captured
-    // before the fork (see `sys::child_pre_exec`).
+    let nofile_soft = sys::child_nofile_limit();
+    // SAFETY: the closure only makes async-signal-safe syscalls on integers captured before
+    // the fork (see `sys::child_pre_exec`).
     unsafe {
-        cmd.pre_exec(move || sys::child_pre_exec(supervisor_pid));
+        cmd.pre_exec(move || sys::child_pre_exec(supervisor_pid, nofile_soft));
     }
     cmd
 }

@@ -28,11 +28,6 @@ use crate::signals;
 use crate::sys;
 use crate::view::{LogStats, RegionState, RegionView, SharedView, View};
 
-/// Descriptors the relay and the HTTP front may never take: the supervisor's own work (child
-/// pipes at restarts, probes, scrapes) needs them. Per region, plus a fixed part.
-const RESERVED_FDS: usize = 16;
-const RESERVED_FDS_PER_REGION: usize = 4;
-
 /// Supervises until stopped; returns the process exit code (0 signal stop, 1 gave up).
 pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
     let writer = output::start();
@@ -63,7 +58,7 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
     let (events, inbox) = unbounded();
     let (signal_handle, _signal_thread) = signals::start(signals, registry.clone(), events.clone());
     let started = start_regions(&config, &registry, &events).and_then(|regions| {
-        let relays = start_relays(&config, preflight.relay_listeners)?;
+        let relays = start_relays(&config, preflight.relay_listeners, preflight.relay_workers)?;
         Ok((regions, relays))
     });
     let ((mailboxes, threads, stats), (relays, relay_stats)) = match started {
@@ -77,7 +72,7 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
     let view = initial_view(&config, &stats, &relay_stats);
     let server = preflight.metrics_listener.map(|l| server::start(l, view.clone(), &config));
     // Once every listener and thread exists, so the budget counts what they hold.
-    accept::init(RESERVED_FDS + RESERVED_FDS_PER_REGION * config.regions.len());
+    accept::init(accept::reserve(config.regions.len()));
 
     let names = config.regions.iter().map(|r| r.name).collect();
     let mut sup = Supervisor {
@@ -135,10 +130,10 @@ fn start_regions(
 fn start_relays(
     config: &Config,
     listeners: Vec<std::net::TcpListener>,
+    workers: usize,
 ) -> Result<(Vec<relay::Handle>, Vec<RelayStats>), String> {
     let Some(settings) = &config.relay else { return Ok((Vec::new(), Vec::new())) };
     let (mut handles, mut all_stats) = (Vec::new(), Vec::new());
-    let workers = relay::workers();
     for (plan, listener) in config.regions.iter().zip(listeners) {
         let stats = Arc::new(relay::Stats::default());
         let requests = Arc::new(RequestStats::new(&config.health_path));

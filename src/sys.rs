@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How a child ended, as `waitpid` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,8 +101,13 @@ pub fn become_subreaper() -> io::Result<()> {
     Ok(())
 }
 
+/// The soft open-file limit the supervisor started with, when it raised its own: children
+/// get it back (`child_pre_exec`), as Go's runtime does for the programs it starts, so a
+/// plugin sees the limit the operator set. 0: not raised.
+static CHILD_NOFILE: AtomicU64 = AtomicU64::new(0);
+
 /// Raises the soft limit on open descriptors to the hard limit (as Go programs do at start):
-/// 12 plugins, their pipes and the HTTP clients should never run into a low default soft
+/// the relay's connections and the children's pipes should never run into a low default soft
 /// limit. Best effort: the limits stay as they were if the kernel says no.
 pub fn raise_nofile_limit() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -109,9 +115,16 @@ pub fn raise_nofile_limit() {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                CHILD_NOFILE.store(lim.rlim_cur, Ordering::Relaxed);
+            }
         }
     }
+}
+
+/// The soft open-file limit a child is to get back (0: leave the inherited one).
+pub fn child_nofile_limit() -> u64 {
+    CHILD_NOFILE.load(Ordering::Relaxed)
 }
 
 /// Marks every descriptor from 3 up close-on-exec, so whatever the supervisor inherited
@@ -281,12 +294,21 @@ pub fn can_execute(path: &Path) -> bool {
 /// Runs in the forked child before exec, so it may only make async-signal-safe calls on
 /// integers captured before the fork: no allocation, no locks.
 ///
-/// Asks the kernel to SIGKILL the child when the thread that spawned it dies (that thread
+/// Gives the child back the soft open-file limit the supervisor started with (`nofile_soft`,
+/// 0: unchanged). Asks the kernel to SIGKILL the child when the thread that spawned it dies (that thread
 /// lives as long as its child, so in effect: when the supervisor dies), then closes the race
 /// where the supervisor died before the request was made.
-pub fn child_pre_exec(supervisor_pid: i32) -> io::Result<()> {
-    // SAFETY: prctl and getppid are async-signal-safe syscalls with integer arguments.
+pub fn child_pre_exec(supervisor_pid: i32, nofile_soft: u64) -> io::Result<()> {
+    // SAFETY: prctl, getppid, getrlimit and setrlimit are async-signal-safe syscalls with
+    // integer arguments or a struct on this stack.
     unsafe {
+        if nofile_soft > 0 {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur = nofile_soft.min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
             return Err(io::Error::last_os_error());
         }

@@ -490,14 +490,11 @@ fn idle_and_slowloris_clients_are_closed_in_time() {
     assert_running(&mut sup);
 }
 
-#[test]
-fn a_low_descriptor_limit_is_survived() {
-    let ports = Ports::new();
-    let mut cmd =
-        command(&ports, &[("SUPERVISOR_REGIONS", "us-east-1,eu-west-1"), ("SUPERVISOR_MAX_RESTARTS", "100")]);
+/// A supervisor command whose open-file limit is `limit`, soft and hard.
+fn limited(mut cmd: Command, limit: u64) -> Command {
     // SAFETY: setrlimit is async-signal-safe and reads a struct built before the fork.
     unsafe {
-        let limit = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+        let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
         cmd.pre_exec(move || {
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
                 return Err(std::io::Error::last_os_error());
@@ -505,9 +502,53 @@ fn a_low_descriptor_limit_is_survived() {
             Ok(())
         });
     }
-    let mut sup = Sup::spawn(cmd, ports);
+    cmd
+}
+
+#[test]
+fn a_low_descriptor_limit_is_survived() {
+    let ports = Ports::new();
+    let env = [("SUPERVISOR_REGIONS", "us-east-1,eu-west-1"), ("SUPERVISOR_MAX_RESTARTS", "100")];
+    let mut sup = Sup::spawn(limited(command(&ports, &env), 64), ports);
+    let metrics = sup.ports.metrics();
+    survives_clients_past_the_limit(&mut sup, &[metrics]);
+}
+
+/// The least open-file limit the supervisor states for 12 regions with the relay: below it,
+/// exit 2 naming the limit and the need before anything starts; at it, every region ready
+/// and serving through the relay while clients take every descriptor they can.
+#[test]
+fn twelve_regions_with_the_relay_run_at_the_least_limit_they_state() {
+    let ports = Ports::new();
+    let mut low = Sup::spawn(limited(command(&ports, &[]), 64), ports);
+    assert_eq!(exit_code(low.wait_exit(LIMIT)), Some(2));
+    let err = low.stderr();
+    assert!(err.contains("the open-file limit (RLIMIT_NOFILE, hard limit included) is 64; 12 regions with the relay need at least"), "{err}");
+    assert!(low.all_child_pids().is_empty() && low.lines().is_empty(), "nothing may start");
+    let need: u64 =
+        err.split("need at least ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    drop(low);
+
+    let ports = Ports::new();
+    let env = [("SUPERVISOR_MAX_RESTARTS", "100")];
+    let mut sup = Sup::spawn(limited(command(&ports, &env), need), ports);
+    // One worker per region: the least has no room for a second.
     sup.wait_ready(LIMIT);
-    let port = sup.ports.metrics();
+    let relay_threads: usize =
+        thread_names(sup.pid).iter().filter(|(n, _)| n.starts_with("relay ")).map(|(_, c)| c).sum();
+    assert_eq!(relay_threads, 12, "{:?}", thread_names(sup.pid));
+    let us_east_1 = sup.ports.base;
+    assert_eq!(http_get(us_east_1, "/healthz").map(|r| r.0), Some(200), "served through the relay");
+    let metrics = sup.ports.metrics();
+    survives_clients_past_the_limit(&mut sup, &[metrics, us_east_1]);
+    assert_eq!(http_get(us_east_1, "/healthz").map(|r| r.0), Some(200), "still served through the relay");
+}
+
+/// Three rounds of far more clients than descriptors at `ports`, a third of them with a
+/// request begun, us-east-1's child SIGKILLed in the second: the supervisor lives, the child
+/// is restarted and ready, `/healthz` answers 200 once the clients leave, nothing panicked.
+fn survives_clients_past_the_limit(sup: &mut Sup, ports: &[u16]) {
+    sup.wait_ready(LIMIT);
     let before = sup.child_pids();
     let pid_of =
         |pids: &[(String, i32)], region: &str| pids.iter().find(|(r, _)| r == region).map(|p| p.1).unwrap();
@@ -515,6 +556,7 @@ fn a_low_descriptor_limit_is_survived() {
         // Far more connections than descriptors; a third of them start a request.
         let mut hogs = Vec::new();
         for i in 0..300 {
+            let port = ports[i % ports.len()];
             let Ok(mut s) = TcpStream::connect_timeout(
                 &(std::net::Ipv4Addr::LOCALHOST, port).into(),
                 Duration::from_secs(2),
@@ -533,15 +575,15 @@ fn a_low_descriptor_limit_is_survived() {
                 s.events_matching("us-east-1", "ready").len() >= 2
             });
         }
-        assert_running(&mut sup);
+        assert_running(sup);
         drop(hogs);
         sup.wait_for("/healthz 200 once the clients left", Duration::from_secs(10), |s| {
             s.get("/healthz").is_some_and(|(c, _)| c == 200)
         });
     }
-    assert_running(&mut sup);
+    assert_running(sup);
     let after = sup.child_pids();
-    assert_eq!(after.len(), 2);
+    assert_eq!(after.len(), before.len());
     assert!(after.iter().all(|&(_, pid)| alive(pid)), "{after:?}");
     assert_eq!(pid_of(&after, "eu-west-1"), pid_of(&before, "eu-west-1"), "eu-west-1 was never restarted");
     assert!(!sup.stderr().contains("panicked"), "{}", sup.stderr());
