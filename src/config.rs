@@ -150,7 +150,7 @@ pub const SETTINGS: &[Setting] = &[
         env: "SUPERVISOR_PROBE",
         flag: "--probe",
         default: "auto",
-        help: "readiness and liveness probe: http (GET the health path, 2xx), h2 (an HTTP/2 PING answered), tcp (a connect); auto: h2 if the children's FINFOCUS_PLUGIN_WEB_ENABLED or FINFOCUS_PLUGIN_HEALTH_ENDPOINT is false, else http",
+        help: "readiness and liveness probe: http (GET the health path, 2xx), h2 (an HTTP/2 PING answered), tcp (a connect); auto: h2 if the children's FINFOCUS_PLUGIN_WEB_ENABLED or FINFOCUS_PLUGIN_HEALTH_ENDPOINT is false (any value but true), else http",
     },
     Setting {
         env: "HEALTH_CHECK_TIMEOUT",
@@ -492,14 +492,16 @@ fn parse_probe(p: &mut Parser) -> (Probe, String) {
     if let Some(probe) = chosen {
         return (probe, format!("SUPERVISOR_PROBE={}", probe.as_str()));
     }
+    // The plugin turns a switch on only for `true` (any case), and the children get `true`
+    // where the variable is unset or empty: any other value means no health endpoint.
     for name in HEALTH_SWITCHES {
         if let Some(Ok(v)) = (p.lookup)(name) {
-            if v.trim().eq_ignore_ascii_case("false") {
-                return (Probe::H2, format!("auto: {name}={v} (the children serve gRPC only, no /healthz)"));
+            if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("true") {
+                return (Probe::H2, format!("auto: {name}={v} (the children serve no /healthz)"));
             }
         }
     }
-    (Probe::Http, "auto: the children serve their health path (neither FINFOCUS_PLUGIN_WEB_ENABLED nor FINFOCUS_PLUGIN_HEALTH_ENDPOINT is false)".into())
+    (Probe::Http, "auto: the children serve their health path (FINFOCUS_PLUGIN_WEB_ENABLED and FINFOCUS_PLUGIN_HEALTH_ENDPOINT are true)".into())
 }
 
 /// No two of the region ports, child ports and the metrics port may be equal.
@@ -918,6 +920,29 @@ mod tests {
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9191".parse().unwrap()));
         let c = parse(&[("SUPERVISOR_METRICS_ADDR", "127.0.0.1:9191")]).unwrap();
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9191".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_probe_follows_the_setting_or_the_plugins_switches() {
+        let probe = |env: &[(&str, &str)]| parse(env).map(|c| (c.probe, c.probe_why)).unwrap();
+        assert_eq!(probe(&[]).0, Probe::Http);
+        assert_eq!(probe(&[("FINFOCUS_PLUGIN_WEB_ENABLED", "true")]).0, Probe::Http);
+        assert_eq!(
+            probe(&[("FINFOCUS_PLUGIN_WEB_ENABLED", "")]).0,
+            Probe::Http,
+            "empty: the children get true"
+        );
+        let (p, why) = probe(&[("FINFOCUS_PLUGIN_WEB_ENABLED", "false")]);
+        assert_eq!(
+            (p, why.as_str()),
+            (Probe::H2, "auto: FINFOCUS_PLUGIN_WEB_ENABLED=false (the children serve no /healthz)")
+        );
+        assert_eq!(probe(&[("FINFOCUS_PLUGIN_HEALTH_ENDPOINT", "FALSE")]).0, Probe::H2);
+        assert_eq!(probe(&[("FINFOCUS_PLUGIN_HEALTH_ENDPOINT", "0")]).0, Probe::H2, "the plugin wants true");
+        let (p, why) = probe(&[("SUPERVISOR_PROBE", "tcp"), ("FINFOCUS_PLUGIN_WEB_ENABLED", "false")]);
+        assert_eq!((p, why.as_str()), (Probe::Tcp, "SUPERVISOR_PROBE=tcp"));
+        let errors = parse(&[("SUPERVISOR_PROBE", "grpc")]).unwrap_err();
+        assert_eq!(errors, ["SUPERVISOR_PROBE: \"grpc\" is not a probe (use http, h2, tcp or auto)"]);
     }
 
     #[test]
