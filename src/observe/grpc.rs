@@ -105,13 +105,82 @@ pub fn status_in_lines(lines: &[u8]) -> Option<GrpcCode> {
 }
 
 /// The most of a trailer frame kept: `grpc-status` comes first in practice, and a longer frame
-/// is read from its first `MAX_TRAILER` bytes.
+/// is read from its first `MAX_TRAILER` bytes (of its compressed form, and again of its
+/// decompressed form).
 const MAX_TRAILER: usize = 4096;
+
+/// A gRPC message coding (`grpc-encoding`): the codings a frame with the compressed flag may
+/// be in that we can read. connect-go, the plugin SDK's server, compresses a gRPC-Web response
+/// (its trailer frame included) with gzip whenever the client accepts it, as finfocus' client
+/// does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Coding {
+    #[default]
+    Identity,
+    Gzip,
+    /// zlib (RFC 1950), which gRPC calls `deflate`.
+    Deflate,
+    /// Another coding (snappy, zstd, ...): a compressed frame in it is not read.
+    Other,
+}
+
+impl Coding {
+    pub fn parse(value: &[u8]) -> Coding {
+        match trim(value) {
+            v if v.eq_ignore_ascii_case(b"identity") => Coding::Identity,
+            v if v.eq_ignore_ascii_case(b"gzip") => Coding::Gzip,
+            v if v.eq_ignore_ascii_case(b"deflate") => Coding::Deflate,
+            _ => Coding::Other,
+        }
+    }
+
+    /// The first `MAX_TRAILER` bytes of a compressed frame's payload, decompressed; `None`
+    /// when that cannot be done.
+    fn inflate(self, data: &[u8]) -> Option<Vec<u8>> {
+        use miniz_oxide::inflate::{decompress_to_vec_with_limit, decompress_to_vec_zlib_with_limit};
+        let out = match self {
+            Coding::Gzip => decompress_to_vec_with_limit(gzip_body(data)?, MAX_TRAILER),
+            Coding::Deflate => decompress_to_vec_zlib_with_limit(data, MAX_TRAILER),
+            Coding::Identity | Coding::Other => return None,
+        };
+        // Cut short (by the limit, or because only the start was kept): what came out is
+        // still the start of the lines.
+        Some(out.unwrap_or_else(|e| e.output))
+    }
+}
+
+/// The deflate stream inside a gzip member (RFC 1952): past the header and its optional fields.
+fn gzip_body(data: &[u8]) -> Option<&[u8]> {
+    const FHCRC: u8 = 2;
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    let (head, mut rest) = (data.get(..10)?, data.get(10..)?);
+    if head[..3] != [0x1f, 0x8b, 8] {
+        return None;
+    }
+    let flags = head[3];
+    if flags & FEXTRA != 0 {
+        let len = usize::from(u16::from_le_bytes([*rest.first()?, *rest.get(1)?]));
+        rest = rest.get(2 + len..)?;
+    }
+    for field in [FNAME, FCOMMENT] {
+        if flags & field != 0 {
+            rest = rest.get(memchr::memchr(0, rest)? + 1..)?;
+        }
+    }
+    if flags & FHCRC != 0 {
+        rest = rest.get(2..)?;
+    }
+    Some(rest)
+}
 
 /// Reads a gRPC-Web response body, fed in order, for the status in its trailer frame.
 #[derive(Default)]
 pub struct WebBody {
     text: Option<Base64>,
+    /// The response's `grpc-encoding`: what a frame with the compressed flag is in.
+    coding: Coding,
     header: [u8; 5],
     have: usize,
     /// Payload bytes of the current frame still to come.
@@ -122,8 +191,8 @@ pub struct WebBody {
 }
 
 impl WebBody {
-    pub fn new(text: bool) -> WebBody {
-        WebBody { text: text.then(Base64::default), ..WebBody::default() }
+    pub fn new(text: bool, coding: Coding) -> WebBody {
+        WebBody { text: text.then(Base64::default), coding, ..WebBody::default() }
     }
 
     pub fn status(&self) -> Option<GrpcCode> {
@@ -180,7 +249,11 @@ impl WebBody {
 
     fn frame_done(&mut self) {
         if self.trailer {
-            self.status = status_in_lines(&self.lines);
+            let compressed = self.header[0] & 0x01 != 0;
+            self.status = match compressed {
+                false => status_in_lines(&self.lines),
+                true => self.coding.inflate(&self.lines).and_then(|lines| status_in_lines(&lines)),
+            };
             self.lines = Vec::new();
         }
         self.have = 0;
@@ -277,33 +350,92 @@ pub(crate) mod tests {
         for text in [false, true] {
             let wire = if text { base64(&body) } else { body.clone() };
             for split in 0..wire.len() {
-                let mut w = WebBody::new(text);
+                let mut w = WebBody::new(text, Coding::Identity);
                 w.feed(&wire[..split]);
                 w.feed(&wire[split..]);
                 assert_eq!(w.status(), Some(GrpcCode::PermissionDenied), "text {text} split {split}");
             }
-            let mut w = WebBody::new(text);
+            let mut w = WebBody::new(text, Coding::Identity);
             for b in &wire {
                 w.feed(std::slice::from_ref(b));
             }
             assert_eq!(w.status(), Some(GrpcCode::PermissionDenied));
-            let mut w = WebBody::new(text);
+            let mut w = WebBody::new(text, Coding::Identity);
             w.feed(&wire[..wire.len() - 8]);
             assert_eq!(w.status(), None);
         }
         // Padded base64 pieces, one per frame, as text clients receive them.
         let mut wire = base64(&frame(0, b"ab"));
         wire.extend(base64(&frame(0x80, b"grpc-status:0\r\n")));
-        let mut w = WebBody::new(true);
+        let mut w = WebBody::new(true, Coding::Identity);
         w.feed(&wire);
         assert_eq!(w.status(), Some(GrpcCode::Ok));
+    }
+
+    /// A gzip member as connect-go writes one: the 10-byte header, raw deflate, CRC and size
+    /// (not checked by the reader, so zeros here), with the optional fields `flags` asks for.
+    fn gzip(data: &[u8], flags: u8) -> Vec<u8> {
+        let mut g = vec![0x1f, 0x8b, 8, flags, 0, 0, 0, 0, 0, 0xff];
+        if flags & 4 != 0 {
+            g.extend([3, 0, b'a', b'b', b'c']);
+        }
+        if flags & 8 != 0 {
+            g.extend(b"name\0");
+        }
+        if flags & 16 != 0 {
+            g.extend(b"comment\0");
+        }
+        if flags & 2 != 0 {
+            g.extend([0, 0]);
+        }
+        g.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+        g.extend([0; 8]);
+        g
+    }
+
+    #[test]
+    fn a_compressed_trailer_frame_is_read_in_its_coding() {
+        let lines = b"grpc-status: 0\r\ngrpc-message: \r\n";
+        for flags in [0, 2, 4, 8, 16, 30] {
+            let mut body = frame(1, &gzip(b"\x0a\x03abc", flags));
+            body.extend(frame(0x81, &gzip(lines, flags)));
+            for split in [0, 3, 9, body.len() - 2] {
+                let mut w = WebBody::new(false, Coding::Gzip);
+                w.feed(&body[..split]);
+                w.feed(&body[split..]);
+                assert_eq!(w.status(), Some(GrpcCode::Ok), "flags {flags} split {split}");
+            }
+        }
+        let zlib = miniz_oxide::deflate::compress_to_vec_zlib(b"grpc-status: 5\r\n", 6);
+        let mut w = WebBody::new(false, Coding::Deflate);
+        w.feed(&frame(0x81, &zlib));
+        assert_eq!(w.status(), Some(GrpcCode::NotFound));
+        // A coding we cannot read, or damaged data: no status, and nothing breaks.
+        for (coding, payload) in
+            [(Coding::Other, gzip(lines, 0)), (Coding::Gzip, b"not gzip at all".to_vec())]
+        {
+            let mut w = WebBody::new(false, coding);
+            w.feed(&frame(0x81, &payload));
+            assert_eq!(w.status(), None, "{coding:?}");
+        }
+        assert_eq!(Coding::parse(b" GZIP "), Coding::Gzip);
+        assert_eq!(Coding::parse(b"snappy"), Coding::Other);
+    }
+
+    #[test]
+    fn a_compressed_trailer_decompresses_to_a_bounded_size() {
+        let mut long = b"grpc-status: 14\r\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 8 << 20));
+        let mut w = WebBody::new(false, Coding::Gzip);
+        w.feed(&frame(0x81, &gzip(&long, 0)));
+        assert_eq!(w.status(), Some(GrpcCode::Unavailable), "read from the start of the lines");
     }
 
     #[test]
     fn web_body_keeps_a_bounded_trailer() {
         let mut long = b"grpc-status: 2\r\n".to_vec();
         long.extend(std::iter::repeat_n(b'x', 1 << 20));
-        let mut w = WebBody::new(false);
+        let mut w = WebBody::new(false, Coding::Identity);
         w.feed(&frame(0x80, &long));
         assert_eq!(w.status(), Some(GrpcCode::Unknown));
         assert!(w.lines.capacity() <= MAX_TRAILER * 2);

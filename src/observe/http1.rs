@@ -221,7 +221,7 @@ impl Http1 {
         }
         r.status = res.status;
         r.grpc = res.grpc;
-        r.web = res.web.map(WebBody::new);
+        r.web = res.web.map(|text| WebBody::new(text, res.coding));
         let (head_request, connect) = front.map_or((false, false), |p| (p.head, p.connect));
         r.tunnel = res.status == 101 || (connect && (200..300).contains(&res.status));
         r.body = if r.tunnel || head_request || res.status == 204 || res.status == 304 {
@@ -543,6 +543,8 @@ struct ResponseHead {
     grpc: Option<GrpcCode>,
     /// A gRPC-Web body: `Some(true)` when it is base64 text.
     web: Option<bool>,
+    /// Its `grpc-encoding`: how its compressed frames (the trailer frame too) are compressed.
+    coding: grpc::Coding,
     body: Framing,
 }
 
@@ -554,6 +556,7 @@ struct Fields<'a> {
     transfer_encoding: bool,
     content_type: &'a [u8],
     grpc_status: Option<&'a [u8]>,
+    grpc_encoding: Option<&'a [u8]>,
 }
 
 fn parse_request(
@@ -620,7 +623,8 @@ fn parse_response(head: &[u8]) -> Result<ResponseHead, Malformed> {
     let ct = f.content_type;
     let web = starts_with_ignore_case(ct, b"application/grpc-web")
         .then(|| starts_with_ignore_case(ct, b"application/grpc-web-text"));
-    Ok(ResponseHead { status, grpc: f.grpc_status.map(GrpcCode::from_status), web, body })
+    let coding = f.grpc_encoding.map_or(grpc::Coding::Identity, grpc::Coding::parse);
+    Ok(ResponseHead { status, grpc: f.grpc_status.map(GrpcCode::from_status), web, coding, body })
 }
 
 fn fields(mut lines: &[u8]) -> Result<Fields<'_>, Malformed> {
@@ -656,6 +660,8 @@ fn fields(mut lines: &[u8]) -> Result<Fields<'_>, Malformed> {
             f.content_type = value;
         } else if name.eq_ignore_ascii_case(b"grpc-status") {
             f.grpc_status = Some(value);
+        } else if name.eq_ignore_ascii_case(b"grpc-encoding") {
+            f.grpc_encoding = Some(value);
         }
     }
     Ok(f)
