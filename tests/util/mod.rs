@@ -464,3 +464,111 @@ impl Pidfd {
         rc == 0
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The SDK test plugin (`tests/fixtures/sdk-plugin`): a Go program served through the same
+// stack as the real plugin (grpc-go, connect-go, net/http h2c, zerolog), and its client.
+
+/// Where the SDK test plugin's sources are.
+const SDK_PLUGIN_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk-plugin");
+
+/// The SDK test plugin, built with `go build` into `target/sdk-plugin/` the first time a test
+/// binary asks, and again only when a source file is newer than the binary. Static
+/// (`CGO_ENABLED=0`), so the Docker tests can put it into an image as it is.
+pub fn sdk_plugin() -> &'static str {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_sdk_plugin)
+}
+
+fn build_sdk_plugin() -> String {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let out = target.join("sdk-plugin/finfocus-sdk-plugin");
+    let built = std::fs::metadata(&out).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| newest_source(std::path::Path::new(SDK_PLUGIN_SRC)) <= b) {
+        return out.to_string_lossy().into_owned();
+    }
+    // Build beside the final name and rename, so a concurrent test binary never runs half
+    // a file.
+    let part = out.with_extension(format!("part{}", std::process::id()));
+    let status = Command::new("go")
+        .args(["build", "-trimpath", "-o"])
+        .arg(&part)
+        .arg(".")
+        .current_dir(SDK_PLUGIN_SRC)
+        .env("CGO_ENABLED", "0")
+        .status()
+        .expect("the Go toolchain (`go`) to build tests/fixtures/sdk-plugin; scripts/test.sh installs what the tests need");
+    assert!(status.success(), "go build of tests/fixtures/sdk-plugin failed: {status}");
+    std::fs::rename(&part, &out).expect("rename the SDK plugin into place");
+    out.to_string_lossy().into_owned()
+}
+
+/// The newest modification time of the module's sources (Go files, go.mod, go.sum).
+fn newest_source(dir: &std::path::Path) -> std::time::SystemTime {
+    let mut newest = std::time::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).expect("the SDK plugin's sources").flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let time = if meta.is_dir() {
+            newest_source(&path)
+        } else if name.ends_with(".go") || name == "go.mod" || name == "go.sum" {
+            meta.modified().unwrap_or(newest)
+        } else {
+            continue;
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// A supervisor command over SDK test plugins: `command` with the plugin as every region's
+/// child (it takes its port from `FINFOCUS_PLUGIN_PORT`, as the real one does).
+pub fn sdk_command(ports: &Ports, env: &[(&str, &str)]) -> Command {
+    let plugin = sdk_plugin();
+    let mut cmd = command(ports, &[("SUPERVISOR_COMMAND", plugin)]);
+    for key in ["FINFOCUS_PLUGIN_WEB_ENABLED", "FINFOCUS_PLUGIN_HEALTH_ENDPOINT", "SUPERVISOR_PROBE"] {
+        cmd.env_remove(key);
+    }
+    for key in [
+        "SDK_PLUGIN_HOLD_MEMORY",
+        "SDK_PLUGIN_START_DELAY",
+        "SDK_PLUGIN_CRASH_AFTER",
+        "SDK_PLUGIN_RESPONSE_DELAY",
+    ] {
+        cmd.env_remove(key);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs the SDK's client (`finfocus-sdk-plugin client ARGS`) and returns whether it exited 0
+/// and its JSON report.
+pub fn sdk_client(args: &[&str]) -> (bool, Value) {
+    let out = Command::new(sdk_plugin())
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the SDK client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!("client {args:?}: no JSON report ({e}): {text}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.success(), report)
+}
+
+/// The value of one sample of `/metrics` text: the line `name{labels} value` whose labels
+/// contain every `want` pair; 0 when there is none.
+pub fn sample(metrics: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
