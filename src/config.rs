@@ -153,6 +153,18 @@ pub const SETTINGS: &[Setting] = &[
         help: "readiness and liveness probe: http (GET the health path, 2xx), h2 (an HTTP/2 PING answered), tcp (a connect); auto: h2 if the children's FINFOCUS_PLUGIN_WEB_ENABLED or FINFOCUS_PLUGIN_HEALTH_ENDPOINT is false (any value but true), else http",
     },
     Setting {
+        env: "SUPERVISOR_START",
+        flag: "--start",
+        default: "all",
+        help: "all: every region starts at once; on-demand: a region's child starts at its first relayed connection and stops when idle (needs the relay)",
+    },
+    Setting {
+        env: "SUPERVISOR_IDLE_STOP",
+        flag: "--idle-stop",
+        default: "10m",
+        help: "with on-demand: a running region with no relayed connection for this long is stopped (not a failure)",
+    },
+    Setting {
         env: "HEALTH_CHECK_TIMEOUT",
         flag: "--health-check-timeout",
         default: "5s",
@@ -210,6 +222,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub max_line: usize,
+    /// `SUPERVISOR_START=on-demand`: `SUPERVISOR_IDLE_STOP`; `None` with `all`.
+    pub idle_stop: Option<Duration>,
     pub probe: Probe,
     /// Why that probe: the setting, or for `auto` the variable that chose it.
     pub probe_why: String,
@@ -313,6 +327,7 @@ impl Config {
         let metrics_addr = parse_metrics_addr(&mut p);
         let shutdown_grace = parse_grace(&mut p);
         let (probe, probe_why) = parse_probe(&mut p);
+        let idle_stop = parse_start(&mut p, relay.is_some());
         let config = Config {
             regions,
             relay,
@@ -337,6 +352,7 @@ impl Config {
                 |s| parse_size(s).filter(|n| (MIN_LINE..=MAX_LINE).contains(n)),
                 "a size from 64 bytes to 64MiB (use 65536, 64KiB, 1MiB)",
             ),
+            idle_stop,
             probe,
             probe_why,
             health_check_timeout: p.positive_duration("HEALTH_CHECK_TIMEOUT"),
@@ -476,6 +492,27 @@ fn parse_grace(p: &mut Parser) -> Duration {
             }),
         _ => p.duration("SUPERVISOR_SHUTDOWN_GRACE"),
     }
+}
+
+/// `SUPERVISOR_START` and, for `on-demand`, `SUPERVISOR_IDLE_STOP`; on demand needs the relay
+/// (it is the relay's connection that starts a region).
+fn parse_start(p: &mut Parser, relay: bool) -> Option<Duration> {
+    let on_demand = p.typed(
+        "SUPERVISOR_START",
+        |s| match s {
+            "all" => Some(false),
+            "on-demand" => Some(true),
+            _ => None,
+        },
+        "a start mode (use all or on-demand)",
+    );
+    let idle_stop = p.positive_duration("SUPERVISOR_IDLE_STOP");
+    if on_demand && !relay {
+        p.errors.push(
+            "SUPERVISOR_START=on-demand needs the relay (a region starts at its first relayed connection), but SUPERVISOR_RELAY_ADDR is off".into(),
+        );
+    }
+    on_demand.then_some(idle_stop)
 }
 
 /// The variables that turn the plugin's HTTP/1.1 health endpoint off (SPEC "The real
@@ -943,6 +980,25 @@ mod tests {
         assert_eq!((p, why.as_str()), (Probe::Tcp, "SUPERVISOR_PROBE=tcp"));
         let errors = parse(&[("SUPERVISOR_PROBE", "grpc")]).unwrap_err();
         assert_eq!(errors, ["SUPERVISOR_PROBE: \"grpc\" is not a probe (use http, h2, tcp or auto)"]);
+    }
+
+    #[test]
+    fn on_demand_needs_the_relay() {
+        assert_eq!(parse(&[]).unwrap().idle_stop, None);
+        let c = parse(&[("SUPERVISOR_START", "on-demand")]).unwrap();
+        assert_eq!(c.idle_stop, Some(Duration::from_secs(600)));
+        let c = parse(&[("SUPERVISOR_START", "on-demand"), ("SUPERVISOR_IDLE_STOP", "90s")]).unwrap();
+        assert_eq!(c.idle_stop, Some(Duration::from_secs(90)));
+        let errors =
+            parse(&[("SUPERVISOR_START", "on-demand"), ("SUPERVISOR_RELAY_ADDR", "off")]).unwrap_err();
+        assert!(
+            errors[0].contains("SUPERVISOR_START=on-demand needs the relay")
+                && errors[0].contains("SUPERVISOR_RELAY_ADDR is off"),
+            "{errors:?}"
+        );
+        let errors = parse(&[("SUPERVISOR_START", "lazy"), ("SUPERVISOR_IDLE_STOP", "0s")]).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("use all or on-demand"), "{errors:?}");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Settings {
     pub probe_interval: Duration,
     pub liveness_failures: u32,
     pub grace: Duration,
+    /// `SUPERVISOR_START=on-demand`: regions start at their first connection and stop after
+    /// this long without one (`SUPERVISOR_IDLE_STOP`). `None`: every region runs always.
+    pub idle_stop: Option<Duration>,
 }
 
 impl Settings {
@@ -50,6 +53,7 @@ impl Settings {
             probe_interval: c.probe_interval,
             liveness_failures: c.liveness_failures,
             grace: c.shutdown_grace,
+            idle_stop: c.idle_stop,
         }
     }
 
@@ -92,6 +96,17 @@ pub enum Event {
     },
     /// SIGHUP: the rolling restart.
     Reload,
+    /// The relay accepted a connection for a region that is idle (on demand).
+    Demand {
+        region: usize,
+    },
+    /// The relay's answer to `Action::CheckIdle`: connections open now (held or connected)
+    /// and how long the region has had none.
+    Activity {
+        region: usize,
+        open: usize,
+        quiet: Duration,
+    },
     /// SIGUSR1 or SIGUSR2.
     Forward {
         signal: i32,
@@ -116,6 +131,10 @@ pub enum Action {
         region: usize,
         pid: i32,
         signal: i32,
+    },
+    /// Ask the relay how busy the region is (answered with `Event::Activity`).
+    CheckIdle {
+        region: usize,
     },
     Log {
         level: &'static str,
@@ -146,6 +165,8 @@ pub enum Phase {
     },
     Stopped,
     Failed,
+    /// On demand: no child; the relay holds a new connection and says so (`Event::Demand`).
+    Idle,
 }
 
 /// What follows once a child that is being stopped is gone.
@@ -157,6 +178,10 @@ pub enum Then {
     Backoff,
     /// A new child at once, no failure counted: the rolling restart (SIGHUP).
     Respawn,
+    /// Idle: no connection for the idle time (on demand).
+    Idle,
+    /// A new child at once, neither failure nor restart: a connection came during an idle stop.
+    Wake,
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +199,11 @@ pub struct RegionRecord {
     probing: bool,
     probe_failures: u32,
     reset_at: Option<Instant>,
+    /// On demand: when to ask the relay whether the region has been without connections for
+    /// the idle time.
+    idle_check_at: Option<Instant>,
+    /// Idle stops so far (`supervisor_region_idle_stops_total`).
+    pub idle_stops: u64,
 }
 
 impl RegionRecord {
@@ -190,6 +220,8 @@ impl RegionRecord {
             probing: false,
             probe_failures: 0,
             reset_at: None,
+            idle_check_at: None,
+            idle_stops: 0,
         }
     }
 
@@ -199,8 +231,11 @@ impl RegionRecord {
             Phase::Spawning | Phase::Starting { .. } => RegionState::Starting,
             Phase::Ready => RegionState::Ready,
             Phase::Unhealthy | Phase::Stopping { then: Then::Backoff, .. } => RegionState::Unhealthy,
-            // Recycled by a rolling restart: on its way to a new start.
-            Phase::Stopping { then: Then::Respawn, .. } => RegionState::Starting,
+            // Recycled by a rolling restart, or woken during its idle stop: on its way to a
+            // new start.
+            Phase::Stopping { then: Then::Respawn | Then::Wake, .. } => RegionState::Starting,
+            // Its next connection is held and starts it again, as when it is idle.
+            Phase::Idle | Phase::Stopping { then: Then::Idle, .. } => RegionState::Idle,
             Phase::Backoff { .. } => RegionState::Backoff,
             _ if self.gave_up => RegionState::Failed,
             Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => RegionState::Stopped,
@@ -214,11 +249,19 @@ impl RegionRecord {
         matches!(self.phase, Phase::Ready | Phase::Unhealthy)
     }
 
-    /// No probe due or under way, no failure count reset pending: the child is gone or going.
+    /// Whether the relay holds a new connection and reports it (`Event::Demand`): the region
+    /// is idle or going idle.
+    pub fn wakes_on_connection(&self) -> bool {
+        matches!(self.phase, Phase::Idle | Phase::Stopping { then: Then::Idle, .. })
+    }
+
+    /// No probe due or under way, no failure count reset or idle check pending: the child is
+    /// gone or going.
     fn stop_timers(&mut self) {
         self.probe_at = None;
         self.probing = false;
         self.reset_at = None;
+        self.idle_check_at = None;
     }
 
     #[cfg(test)]
@@ -275,6 +318,15 @@ impl Policy {
         match input {
             // A stop that came first leaves nothing to start.
             Event::Begin if self.stopping => {}
+            Event::Begin if self.settings.idle_stop.is_some() => {
+                self.regions.iter_mut().for_each(|r| r.phase = Phase::Idle);
+                self.log(
+                    "info",
+                    None,
+                    "every region idle until its first connection (on demand)".into(),
+                    vec![],
+                );
+            }
             Event::Begin => (0..self.regions.len()).for_each(|r| self.spawn(r)),
             Event::Started { region, generation, pid } => self.started(region, generation, pid, now),
             Event::SpawnFailed { region, generation, error } => {
@@ -295,6 +347,8 @@ impl Policy {
             }
             Event::Stop { signal } => self.stop_signal(signal, now),
             Event::Reload => self.reload(now),
+            Event::Demand { region } => self.demand(region),
+            Event::Activity { region, open, quiet } => self.activity(region, open, quiet, now),
             Event::Forward { signal } => self.forward(signal),
             Event::Tick => {}
         }
@@ -315,7 +369,7 @@ impl Policy {
                     _ => None,
                 };
                 let probe = if r.probing { None } else { r.probe_at };
-                [phase_time, probe, r.reset_at]
+                [phase_time, probe, r.reset_at, r.idle_check_at]
             })
             .flatten()
             .min()
@@ -378,6 +432,15 @@ impl Policy {
             Phase::Stopping { then: Then::Backoff, .. } if !self.stopping => self.schedule_restart(r, now),
             Phase::Stopping { then: Then::Respawn, .. } if !self.stopping => {
                 self.regions[r].restarts += 1;
+                self.spawn(r);
+            }
+            Phase::Stopping { then: Then::Idle, .. } if !self.stopping => {
+                self.regions[r].phase = Phase::Idle;
+                self.regions[r].idle_stops += 1;
+            }
+            Phase::Stopping { then: Then::Wake, .. } if !self.stopping => {
+                self.regions[r].idle_stops += 1;
+                self.log("info", Some(r), "starting on demand".into(), vec![]);
                 self.spawn(r);
             }
             Phase::Stopping { .. } => self.regions[r].phase = Phase::Stopped,
@@ -482,7 +545,7 @@ impl Policy {
                 Phase::Starting { .. } | Phase::Ready | Phase::Unhealthy | Phase::Stopping { .. } => {
                     self.stop_region(r, Then::Rest, now)
                 }
-                Phase::Backoff { .. } => self.regions[r].phase = Phase::Stopped,
+                Phase::Backoff { .. } | Phase::Idle => self.regions[r].phase = Phase::Stopped,
                 // A spawn under way is stopped when it reports in (`started`).
                 Phase::Spawning | Phase::Stopped | Phase::Failed => {}
             }
@@ -551,6 +614,42 @@ impl Policy {
         }
     }
 
+    /// A connection for an idle region: start it (its connections are held until it is
+    /// ready). During its idle stop: start it again once the old child is gone.
+    fn demand(&mut self, r: usize) {
+        match self.regions[r].phase {
+            Phase::Idle if !self.stopping => {
+                self.log("info", Some(r), "starting on demand".into(), vec![]);
+                self.spawn(r);
+            }
+            Phase::Stopping { kill_at, then: Then::Idle } => {
+                self.regions[r].phase = Phase::Stopping { kill_at, then: Then::Wake };
+            }
+            _ => {}
+        }
+    }
+
+    /// The relay's count: stop the region if it has had no connection for the idle time,
+    /// else look again when it could have.
+    fn activity(&mut self, r: usize, open: usize, quiet: Duration, now: Instant) {
+        let Some(idle_stop) = self.settings.idle_stop else { return };
+        if !matches!(self.regions[r].phase, Phase::Ready | Phase::Unhealthy) {
+            return;
+        }
+        if open == 0 && quiet >= idle_stop {
+            self.log(
+                "info",
+                Some(r),
+                format!("idle: stopping after {} without connections", human(idle_stop)),
+                vec![("quiet_ms", json!(quiet.as_millis() as u64))],
+            );
+            self.stop_region(r, Then::Idle, now);
+        } else {
+            let wait = if open > 0 { idle_stop } else { idle_stop - quiet };
+            self.regions[r].idle_check_at = Some(now + wait);
+        }
+    }
+
     fn forward(&mut self, signal: i32) {
         let mut n = 0;
         for r in 0..self.regions.len() {
@@ -571,6 +670,7 @@ impl Policy {
                 reg.phase = Phase::Ready;
                 reg.probe_at = Some(now + interval);
                 reg.reset_at = (reg.failures > 0).then_some(now + self.settings.reset);
+                reg.idle_check_at = self.settings.idle_stop.map(|d| now + d);
                 self.log("info", Some(r), "ready".into(), vec![]);
                 self.became_ready(r, now);
             }
@@ -640,6 +740,11 @@ impl Policy {
                 );
             }
             let reg = &mut self.regions[r];
+            if reg.idle_check_at.is_some_and(|t| now >= t) {
+                reg.idle_check_at = None;
+                self.out.push(Action::CheckIdle { region: r });
+            }
+            let reg = &mut self.regions[r];
             let probe_phase = matches!(reg.phase, Phase::Starting { .. } | Phase::Ready | Phase::Unhealthy);
             if probe_phase && !reg.probing && reg.probe_at.is_some_and(|t| now >= t) {
                 let timeout = match reg.phase {
@@ -700,6 +805,7 @@ mod tests {
             probe_interval: Duration::from_secs(10),
             liveness_failures: 3,
             grace: Duration::from_secs(4),
+            idle_stop: None,
         }
     }
 
@@ -1052,6 +1158,133 @@ mod tests {
         sim.send(Event::SpawnFailed { region: 0, generation, error: "Exec format error".into() });
         assert_eq!(sim.p.regions[0].failures, 1);
         assert_eq!(sim.p.regions[0].state().as_str(), "backoff");
+    }
+
+    const IDLE: Duration = Duration::from_secs(600);
+
+    /// On demand, two regions.
+    fn on_demand() -> Sim {
+        let names = crate::region_table::REGIONS[..2].to_vec();
+        let settings = Settings { idle_stop: Some(IDLE), ..settings() };
+        let mut sim = Sim { p: Policy::new(settings, names), now: Instant::now(), actions: vec![] };
+        sim.send(Event::Begin);
+        sim
+    }
+
+    fn spawns(sim: &Sim) -> Vec<usize> {
+        sim.actions
+            .iter()
+            .filter_map(|a| if let Action::Spawn { region, .. } = a { Some(*region) } else { None })
+            .collect()
+    }
+
+    #[test]
+    fn on_demand_a_region_starts_at_its_first_connection_only() {
+        let mut sim = on_demand();
+        assert!(spawns(&sim).is_empty(), "no child at start");
+        assert!(sim.p.regions.iter().all(|r| r.state() == RegionState::Idle && r.wakes_on_connection()));
+        sim.send(Event::Demand { region: 1 });
+        assert_eq!(spawns(&sim), [1]);
+        assert!(logged(&sim, "starting on demand"));
+        assert_eq!(sim.p.regions[1].state(), RegionState::Starting);
+        sim.send(Event::Demand { region: 1 });
+        assert!(spawns(&sim).is_empty(), "a second connection starts nothing more");
+        sim.up(1, 50);
+        assert_eq!(sim.p.regions[0].state(), RegionState::Idle);
+        assert_eq!(sim.p.regions[1].restarts, 0);
+    }
+
+    #[test]
+    fn on_demand_a_ready_region_without_connections_goes_idle_after_the_idle_time() {
+        let mut sim = on_demand();
+        sim.send(Event::Demand { region: 0 });
+        sim.up(0, 50);
+        assert_eq!(sim.p.next_deadline(), Some(sim.now + Duration::from_secs(10)), "the probe comes first");
+        // Probes pass; at the idle time the relay is asked, and it had connections: look again later.
+        let mut asked = false;
+        for _ in 0..60 {
+            sim.advance(Duration::from_secs(10));
+            asked |= sim.has(&Action::CheckIdle { region: 0 });
+            let generation = sim.generation(0);
+            sim.send(Event::Probed { region: 0, generation, result: Ok(()) });
+        }
+        assert!(asked, "asked the relay at the idle time");
+        sim.send(Event::Activity { region: 0, open: 2, quiet: Duration::ZERO });
+        assert!(sigterms(&sim).is_empty(), "busy: not stopped");
+        assert_eq!(sim.p.regions[0].idle_check_at, Some(sim.now + IDLE));
+        // Quiet for 4 minutes: look again in 6.
+        sim.send(Event::Activity { region: 0, open: 0, quiet: Duration::from_secs(240) });
+        assert_eq!(sim.p.regions[0].idle_check_at, Some(sim.now + Duration::from_secs(360)));
+        sim.send(Event::Activity { region: 0, open: 0, quiet: IDLE });
+        assert_eq!(sigterms(&sim), [0]);
+        assert!(logged(&sim, "idle: stopping after 10m without connections"));
+        assert_eq!(sim.p.regions[0].state(), RegionState::Idle);
+        sim.exit(0, ExitStatus::Code(0));
+        assert!(spawns(&sim).is_empty(), "not a restart");
+        assert!(!logged(&sim, "failure"));
+        let r = &sim.p.regions[0];
+        assert_eq!((r.state(), r.idle_stops, r.restarts, r.failures), (RegionState::Idle, 1, 0, 0));
+        sim.send(Event::Demand { region: 0 });
+        assert_eq!(spawns(&sim), [0], "the next connection starts it again");
+    }
+
+    #[test]
+    fn on_demand_a_connection_during_the_idle_stop_starts_the_region_once_the_old_child_is_gone() {
+        let mut sim = on_demand();
+        sim.send(Event::Demand { region: 0 });
+        sim.up(0, 50);
+        sim.send(Event::Activity { region: 0, open: 0, quiet: IDLE });
+        assert_eq!(sigterms(&sim), [0]);
+        sim.send(Event::Demand { region: 0 });
+        assert!(spawns(&sim).is_empty(), "not while the old child runs");
+        assert_eq!(sim.p.regions[0].state(), RegionState::Starting);
+        assert!(!sim.p.regions[0].wakes_on_connection(), "the relay now holds without asking again");
+        sim.exit(0, ExitStatus::Code(0));
+        assert_eq!(spawns(&sim), [0]);
+        let r = &sim.p.regions[0];
+        assert_eq!((r.idle_stops, r.restarts, r.failures), (1, 0, 0));
+    }
+
+    #[test]
+    fn on_demand_failures_follow_the_restart_policy() {
+        let mut sim = on_demand();
+        sim.send(Event::Demand { region: 0 });
+        sim.up(0, 50);
+        sim.exit(0, ExitStatus::Code(1));
+        assert_eq!(sim.p.regions[0].state(), RegionState::Backoff);
+        assert_eq!(sim.p.regions[0].failures, 1);
+        sim.advance(Duration::from_secs(1));
+        assert_eq!(spawns(&sim), [0], "restarted after the backoff");
+        assert_eq!(sim.p.regions[0].restarts, 1);
+        // Three more failures give up, as for any region.
+        for _ in 0..2 {
+            sim.up(0, 60);
+            sim.exit(0, ExitStatus::Code(1));
+            sim.advance(Duration::from_secs(30));
+        }
+        sim.up(0, 61);
+        sim.exit(0, ExitStatus::Code(1));
+        assert_eq!(sim.p.regions[0].state(), RegionState::Failed);
+        assert_eq!(sim.exit_code(), Some(Exit::Failure), "the idle region stops with it");
+    }
+
+    #[test]
+    fn on_demand_a_rolling_restart_skips_idle_regions_and_a_stop_ends_idle_ones() {
+        let mut sim = on_demand();
+        sim.send(Event::Demand { region: 1 });
+        sim.up(1, 50);
+        sim.send(Event::Reload);
+        assert_eq!(sigterms(&sim), [1], "only the running region");
+        sim.exit(1, ExitStatus::Code(0));
+        sim.up(1, 51);
+        assert!(logged(&sim, "rolling restart: done"));
+        assert_eq!(sim.p.regions[0].state(), RegionState::Idle);
+        sim.send(Event::Stop { signal: libc::SIGTERM });
+        assert_eq!(sigterms(&sim), [1]);
+        sim.exit(1, ExitStatus::Code(0));
+        assert_eq!(sim.exit_code(), Some(Exit::Ok));
+        sim.send(Event::Demand { region: 0 });
+        assert!(spawns(&sim).is_empty(), "nothing starts once stopping");
     }
 
     #[test]

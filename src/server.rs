@@ -34,6 +34,7 @@ use crate::front;
 use crate::http_client;
 use crate::observe::{self, RequestStats};
 use crate::output;
+use crate::probe::Probe;
 use crate::relay::{self, Reject};
 use crate::sys;
 use crate::view::{RegionState, RegionView, SharedView};
@@ -71,6 +72,8 @@ struct Scrape {
     timeout: Duration,
     /// Child port of each region, in view order.
     ports: Vec<u16>,
+    /// Whether the children speak HTTP/1.1 at all.
+    http: bool,
 }
 
 /// A tiny_http server that is never dropped: its `Drop` connects to its own address to wake
@@ -172,6 +175,8 @@ pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle
         path: config.child_metrics_path.clone(),
         timeout: config.scrape_timeout,
         ports: config.regions.iter().map(|r| r.child_port).collect(),
+        // Children probed over HTTP/2 speak no HTTP/1.1 (gRPC-only plugins): not scraped.
+        http: config.probe != Probe::H2,
     });
     let threads = (0..WORKERS)
         .map(|_| {
@@ -242,9 +247,10 @@ fn text(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
         .with_header(header("Content-Type", "text/plain; charset=utf-8"))
 }
 
-/// 200 when every region is ready, else 503; the body has each region's state.
+/// 200 when every region is ready (or idle, on demand), else 503; the body has each region's
+/// state.
 fn health(snap: &Snapshot) -> Response<std::io::Cursor<Vec<u8>>> {
-    let all_ready = snap.regions.iter().all(|r| r.state == RegionState::Ready);
+    let all_ready = snap.regions.iter().all(|r| r.state.is_healthy());
     let regions: Vec<_> = snap
         .regions
         .iter()
@@ -276,7 +282,7 @@ fn scrape_all(snap: &Snapshot, scrape: &Scrape) -> Vec<Option<Vec<Family>>> {
             .iter()
             .zip(&scrape.ports)
             .map(|(r, &port)| {
-                let running = r.pid.is_some();
+                let running = r.pid.is_some() && scrape.http;
                 s.spawn(move || {
                     if !running {
                         return None;
@@ -310,7 +316,7 @@ struct Sample<'a> {
     scraped: bool,
 }
 
-const OWN_FAMILIES: [OwnFamily; 7] = [
+const OWN_FAMILIES: [OwnFamily; 8] = [
     OwnFamily {
         name: "supervisor_region_up",
         kind: "gauge",
@@ -349,6 +355,12 @@ const OWN_FAMILIES: [OwnFamily; 7] = [
         kind: "counter",
         help: "Log lines of the region written to stdout",
         value: |s| Some(s.region.stats.lines.load(Ordering::Relaxed).to_string()),
+    },
+    OwnFamily {
+        name: "supervisor_region_idle_stops_total",
+        kind: "counter",
+        help: "Times the region was stopped for having no relayed connection for SUPERVISOR_IDLE_STOP (on demand)",
+        value: |s| Some(s.region.idle_stops.to_string()),
     },
     OwnFamily {
         name: "supervisor_region_scrape_success",
@@ -390,6 +402,27 @@ const RELAY: [RelayFamily; 5] = [
     }),
 ];
 const REJECTED: &str = "supervisor_region_relay_rejected_connections_total";
+const STATE: &str = "supervisor_region_state";
+
+/// `supervisor_region_state`: 1 for each region's current state, 0 for the others.
+fn state_metrics(regions: &[RegionView], out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP {STATE} The region's state (1 for the current one), as /healthz names it
+# TYPE {STATE} gauge"
+    );
+    for r in regions {
+        for state in RegionState::ALL {
+            let _ = writeln!(
+                out,
+                "{STATE}{{region=\"{}\",state=\"{}\"}} {}",
+                r.name,
+                state.as_str(),
+                u8::from(r.state == state)
+            );
+        }
+    }
+}
 
 /// The relay's families; nothing with the relay off.
 fn relay_metrics(regions: &[RegionView], out: &mut String) {
@@ -444,6 +477,7 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
             }
         }
     }
+    state_metrics(&snap.regions, &mut out);
     relay_metrics(&snap.regions, &mut out);
     let measured: Vec<(&str, &RequestStats)> =
         snap.regions.iter().filter_map(|r| r.requests.as_deref().map(|q| (r.name, q))).collect();
@@ -458,6 +492,7 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
     let mut reserved: Vec<&str> =
         OWN_FAMILIES.iter().map(|o| o.name).chain(RELAY.iter().map(|r| r.0)).collect();
     reserved.push(REJECTED);
+    reserved.push(STATE);
     reserved.extend(observe::FAMILIES);
     reserved.push("supervisor_build_info");
     exposition::merge(scraped.into_iter().flatten().collect(), &reserved, &mut out);

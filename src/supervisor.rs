@@ -58,7 +58,7 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
     let (events, inbox) = unbounded();
     let (signal_handle, _signal_thread) = signals::start(signals, registry.clone(), events.clone());
     let started = start_regions(&config, &registry, &events).and_then(|regions| {
-        let relays = start_relays(&config, preflight.relay_listeners, preflight.relay_workers)?;
+        let relays = start_relays(&config, preflight.relay_listeners, preflight.relay_workers, &events)?;
         Ok((regions, relays))
     });
     let ((mailboxes, threads, stats), (relays, relay_stats)) = match started {
@@ -86,6 +86,8 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
         events,
         view,
         started_at: vec![None; stats.len()],
+        relay_stats: relay_stats.iter().map(|(s, _)| s.clone()).collect(),
+        began: Instant::now(),
     };
     let code = sup.event_loop(inbox);
     sup.shut_down(threads, server, signal_handle, &stats, code);
@@ -131,10 +133,12 @@ fn start_relays(
     config: &Config,
     listeners: Vec<std::net::TcpListener>,
     workers: usize,
+    events: &Sender<Event>,
 ) -> Result<(Vec<relay::Handle>, Vec<RelayStats>), String> {
     let Some(settings) = &config.relay else { return Ok((Vec::new(), Vec::new())) };
     let (mut handles, mut all_stats) = (Vec::new(), Vec::new());
-    for (plan, listener) in config.regions.iter().zip(listeners) {
+    for (region, (plan, listener)) in config.regions.iter().zip(listeners).enumerate() {
+        let events = events.clone();
         let stats = Arc::new(relay::Stats::default());
         let requests = Arc::new(RequestStats::new(&config.health_path));
         let setup = relay::Setup {
@@ -146,6 +150,9 @@ fn start_relays(
             stats: stats.clone(),
             requests: requests.clone(),
             workers,
+            demand: Arc::new(move || {
+                let _ = events.send(Event::Demand { region });
+            }),
         };
         handles.push(relay::start(setup).map_err(|e| format!("{}: cannot start the relay: {e}", plan.name))?);
         all_stats.push((stats, requests));
@@ -168,6 +175,7 @@ fn initial_view(config: &Config, stats: &[Arc<LogStats>], relay: &[RelayStats]) 
             state: RegionState::Starting,
             pid: None,
             restarts: 0,
+            idle_stops: 0,
             last_exit: None,
             started_at: None,
             stats: stats[i].clone(),
@@ -190,6 +198,10 @@ struct Supervisor {
     events: Sender<Event>,
     view: SharedView,
     started_at: Vec<Option<SystemTime>>,
+    /// Each region's relay counters (empty with the relay off): on demand, how busy it is.
+    relay_stats: Vec<Arc<relay::Stats>>,
+    /// When supervising began: a region that never had a connection is quiet since then.
+    began: Instant,
 }
 
 impl Supervisor {
@@ -242,6 +254,12 @@ impl Supervisor {
         match action {
             Action::Spawn { region, generation } => self.mailboxes[region].send(Msg::Spawn { generation }),
             Action::Probe { region, generation, timeout } => self.probe(region, generation, timeout),
+            Action::CheckIdle { region } => {
+                if let Some(stats) = self.relay_stats.get(region) {
+                    let (open, quiet) = stats.activity(Instant::now(), self.began);
+                    let _ = self.events.send(Event::Activity { region, open, quiet });
+                }
+            }
             Action::Signal { region: _, pid, signal } => {
                 // False when the child was reaped meanwhile: its Exited event is on its way,
                 // and a reaped pid is never signalled (it may belong to someone else by now).
@@ -325,7 +343,11 @@ impl Supervisor {
             return;
         }
         for (i, r) in self.policy.regions.iter().enumerate().take(self.relays.len()) {
-            let gate = if r.takes_connections() { Gate::Open } else { Gate::Hold };
+            let gate = match () {
+                _ if r.takes_connections() => Gate::Open,
+                _ if r.wakes_on_connection() => Gate::Idle,
+                _ => Gate::Hold,
+            };
             if self.gates[i] != Some(gate) {
                 self.relays[i].send(Control::Gate(gate));
                 self.gates[i] = Some(gate);
@@ -341,6 +363,7 @@ impl Supervisor {
             v.state = r.state();
             v.pid = r.pid;
             v.restarts = r.restarts;
+            v.idle_stops = r.idle_stops;
             v.last_exit.clone_from(&r.last_exit);
             v.started_at = self.started_at[i];
         }

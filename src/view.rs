@@ -21,9 +21,28 @@ pub enum RegionState {
     Backoff,
     Stopped,
     Failed,
+    /// On demand: no child until the next relayed connection (which starts one).
+    Idle,
 }
 
 impl RegionState {
+    /// Every state, in the order `supervisor_region_state` lists them.
+    pub const ALL: [RegionState; 7] = [
+        RegionState::Starting,
+        RegionState::Ready,
+        RegionState::Unhealthy,
+        RegionState::Backoff,
+        RegionState::Stopped,
+        RegionState::Failed,
+        RegionState::Idle,
+    ];
+
+    /// Whether `/healthz` counts the region as serving: ready, or idle (its next connection
+    /// starts it and is held until it is ready).
+    pub fn is_healthy(self) -> bool {
+        matches!(self, RegionState::Ready | RegionState::Idle)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RegionState::Starting => "starting",
@@ -32,6 +51,7 @@ impl RegionState {
             RegionState::Backoff => "backoff",
             RegionState::Stopped => "stopped",
             RegionState::Failed => "failed",
+            RegionState::Idle => "idle",
         }
     }
 }
@@ -52,6 +72,8 @@ pub struct RegionView {
     pub state: RegionState,
     pub pid: Option<i32>,
     pub restarts: u64,
+    /// On demand: how often the region was stopped for want of connections.
+    pub idle_stops: u64,
     pub last_exit: Option<String>,
     pub started_at: Option<SystemTime>,
     pub stats: Arc<LogStats>,

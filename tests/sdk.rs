@@ -305,3 +305,130 @@ fn five_sighups_roll_twelve_plugins_without_a_refused_call() {
         0.0
     );
 }
+
+/// On demand over twelve SDK plugins that hold memory as the real ones do: nothing runs until
+/// a region's first connection; that starts exactly its plugin; the region goes idle again
+/// after the idle time without connections, and its next connection starts it again.
+#[test]
+fn on_demand_regions_start_at_their_first_connection_and_stop_when_idle() {
+    let ports = Ports::new();
+    let env = [
+        ("SUPERVISOR_START", "on-demand"),
+        ("SUPERVISOR_IDLE_STOP", "2s"),
+        ("SDK_PLUGIN_HOLD_MEMORY", "16MiB"),
+    ];
+    let mut sup = Sup::spawn(sdk_command(&ports, &env), ports);
+    sup.wait_ready(READY);
+    let (code, health) = sup.health().unwrap();
+    assert_eq!(code, 200, "idle regions are healthy");
+    assert!(health.iter().all(|r| r.state == "idle" && r.pid.is_none()), "{health:?}");
+    assert!(children_of(sup.pid).is_empty(), "no child at start");
+    // healthcheck passes and wakes nothing.
+    let out = Command::new(SUPERVISOR)
+        .arg("healthcheck")
+        .env("SUPERVISOR_START", "on-demand")
+        .env("SUPERVISOR_PORT_BASE", sup.ports.base.to_string())
+        .env("SUPERVISOR_CHILD_PORT_BASE", sup.ports.child_base().to_string())
+        .env("SUPERVISOR_METRICS_ADDR", format!("127.0.0.1:{}", sup.ports.metrics()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("✓ us-east-1 (") && text.contains(") idle"), "{text}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(children_of(sup.pid).is_empty(), "healthcheck woke a region");
+
+    // A call through the relay starts exactly eu-west-1, and is answered.
+    let (ok, report) = sdk_client(&["--target", &relayed(&sup, 2), "--protocol", "grpc", "--method", "Name"]);
+    assert!(ok && report["response"].to_string().contains("eu-west-1"), "{report}");
+    let started: Vec<Value> = sup.events().into_iter().filter(|e| e["message"] == "started").collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["region"], "eu-west-1");
+    assert_eq!(sup.events_matching("eu-west-1", "starting on demand").len(), 1);
+    let pid = started[0]["pid"].as_i64().unwrap() as i32;
+    let rss = rss_bytes(pid).unwrap();
+    assert!(rss > 16 << 20, "the plugin holds its memory: {rss}");
+
+    // No connection for the idle time: stopped, idle, counted, not a failure.
+    sup.wait_for("eu-west-1 idle again", READY, |s| {
+        s.health().is_some_and(|(_, h)| h.iter().any(|r| r.region == "eu-west-1" && r.state == "idle"))
+    });
+    assert!(wait_gone(&[pid], EXIT).is_empty());
+    assert_eq!(sup.events_matching("eu-west-1", "idle: stopping after 2s without connections").len(), 1);
+    let page = metrics(&sup);
+    assert_eq!(sample(&page, "supervisor_region_idle_stops_total", &[("region", "eu-west-1")]), 1.0);
+    assert_eq!(sample(&page, "supervisor_region_restarts_total", &[("region", "eu-west-1")]), 0.0);
+    assert_eq!(sample(&page, "supervisor_region_state", &[("region", "eu-west-1"), ("state", "idle")]), 1.0);
+    assert_eq!(sample(&page, "supervisor_region_state", &[("region", "eu-west-1"), ("state", "ready")]), 0.0);
+    assert_eq!(sample(&page, "supervisor_region_up", &[("region", "eu-west-1")]), 0.0);
+    let lines = sup.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("failure") || l.contains("\"level\":\"warn\"")),
+        "{}",
+        sup.tail(30)
+    );
+
+    // The next call starts it again.
+    let (ok, report) =
+        sdk_client(&["--target", &relayed(&sup, 2), "--protocol", "connect", "--method", "Name"]);
+    assert!(ok, "{report}");
+    assert_eq!(sup.events_matching("eu-west-1", "starting on demand").len(), 2);
+    assert_eq!(sup.events().iter().filter(|e| e["message"] == "started").count(), 2, "only eu-west-1, twice");
+    sup.signal(libc::SIGTERM);
+    assert_eq!(exit_code(sup.wait_exit(EXIT)), Some(0));
+}
+
+/// Fifty connections at once to an idle region start one plugin, and every one is answered.
+#[test]
+fn a_burst_to_an_idle_region_starts_one_plugin_and_is_answered_whole() {
+    let ports = Ports::new();
+    let env = [("SUPERVISOR_START", "on-demand"), ("SUPERVISOR_REGIONS", "us-east-1,sa-east-1")];
+    let sup = Sup::spawn(sdk_command(&ports, &env), ports);
+    sup.wait_ready(READY);
+    let port = sup.ports.base;
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n\r\n").ok()?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).ok()?;
+                Some(answer)
+            })
+        })
+        .collect();
+    let answers: Vec<Option<String>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = answers
+        .iter()
+        .filter(|a| a.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200") && a.ends_with("ok")))
+        .count();
+    assert_eq!(ok, 50, "{answers:?}");
+    let started: Vec<Value> = sup.events().into_iter().filter(|e| e["message"] == "started").collect();
+    assert_eq!(started.len(), 1, "one plugin for the burst: {started:?}");
+    assert_eq!(sup.events_matching("us-east-1", "starting on demand").len(), 1);
+    let (_, health) = sup.health().unwrap();
+    assert_eq!(health.iter().map(|r| r.state.as_str()).collect::<Vec<_>>(), ["ready", "idle"]);
+}
+
+/// On demand, a plugin that crashes is a failure like any other: restarted after the backoff,
+/// and given up on after the restarts allowed (stand-in children, whose crash knob this is).
+#[test]
+fn on_demand_failures_follow_the_restart_policy() {
+    let env = [
+        ("SUPERVISOR_START", "on-demand"),
+        ("SUPERVISOR_REGIONS", "us-east-1,eu-west-1"),
+        ("SUPERVISOR_MAX_RESTARTS", "2"),
+        ("STANDIN_CRASH_AFTER", "us-east-1@300ms"),
+    ];
+    let mut sup = Sup::start(&env);
+    sup.wait_ready(READY);
+    assert!(children_of(sup.pid).is_empty());
+    let _ = http_get(sup.ports.base, "/healthz");
+    assert_eq!(exit_code(sup.wait_exit(Duration::from_secs(30))), Some(1), "{}", sup.tail(30));
+    assert_eq!(sup.events_matching("us-east-1", "failure 1 of 2").len(), 1, "{}", sup.tail(30));
+    assert_eq!(sup.events_matching("us-east-1", "failure 2 of 2").len(), 1);
+    assert_eq!(sup.events_matching("us-east-1", "giving up after 2 restarts").len(), 1);
+    assert!(sup.events_matching("eu-west-1", "started").is_empty(), "eu-west-1 stayed idle");
+}

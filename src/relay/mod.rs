@@ -31,7 +31,6 @@ pub mod stats;
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,6 +52,9 @@ pub enum Gate {
     Hold,
     /// Ready (or running with a failed probe): connect at once.
     Open,
+    /// Idle (on demand): hold new connections and tell the supervisor once (`Setup::demand`),
+    /// which starts the region.
+    Idle,
 }
 
 #[derive(Clone, Copy)]
@@ -76,6 +78,9 @@ pub struct Setup {
     pub requests: Arc<RequestStats>,
     /// Threads sharing the region's listener (at least one).
     pub workers: usize,
+    /// Called when a connection arrives while the region is idle (at most once per worker and
+    /// idle period): the supervisor then starts the region.
+    pub demand: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// How the supervisor thread reaches a region's relay workers.
@@ -139,14 +144,13 @@ pub fn start(setup: Setup) -> std::io::Result<Handle> {
     setup.listener.set_nonblocking(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: one call fewer per connection.
     sys::nodelay_for_accepted(&setup.listener)?;
-    let live = Arc::new(AtomicUsize::new(0));
     let workers = (0..setup.workers.max(1))
-        .map(|_| start_worker(&setup, setup.listener.try_clone()?, &live))
+        .map(|_| start_worker(&setup, setup.listener.try_clone()?))
         .collect::<std::io::Result<_>>()?;
     Ok(Handle { workers })
 }
 
-fn start_worker(setup: &Setup, listener: TcpListener, live: &Arc<AtomicUsize>) -> std::io::Result<Worker> {
+fn start_worker(setup: &Setup, listener: TcpListener) -> std::io::Result<Worker> {
     let (tx, rx) = unbounded();
     let wake = Arc::new(EventFd::new()?);
     let epoll = Epoll::new()?;
@@ -160,6 +164,8 @@ fn start_worker(setup: &Setup, listener: TcpListener, live: &Arc<AtomicUsize>) -
         rx,
         wake: wake.clone(),
         gate: Gate::Hold,
+        demanded: false,
+        demand: setup.demand.clone(),
         stopping: false,
         conns: Vec::new(),
         free: Vec::new(),
@@ -170,7 +176,6 @@ fn start_worker(setup: &Setup, listener: TcpListener, live: &Arc<AtomicUsize>) -
         max: setup.max_connections,
         release_batch: (RELEASE_BATCH / setup.workers.max(1)).max(1),
         next_release: Instant::now(),
-        live: live.clone(),
         stats: setup.stats.clone(),
         requests: setup.requests.clone(),
         region: setup.region,
@@ -219,6 +224,9 @@ struct Relay {
     rx: Receiver<Control>,
     wake: Arc<EventFd>,
     gate: Gate,
+    /// The supervisor was told of a connection in this idle period.
+    demanded: bool,
+    demand: Arc<dyn Fn() + Send + Sync>,
     stopping: bool,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -235,8 +243,6 @@ struct Relay {
     release_batch: usize,
     /// No release before this (the last batch's time plus [`RELEASE_EVERY`]).
     next_release: Instant,
-    /// The region's connections, all workers together (each counted from accept to close).
-    live: Arc<AtomicUsize>,
     stats: Arc<Stats>,
     requests: Arc<RequestStats>,
     region: &'static str,
@@ -307,7 +313,16 @@ impl Relay {
     fn control(&mut self, now: Instant) -> bool {
         while let Ok(c) = self.rx.try_recv() {
             match c {
-                Control::Gate(g) => self.gate = g,
+                Control::Gate(g) => {
+                    if g == Gate::Idle && self.gate != Gate::Idle {
+                        self.demanded = false;
+                    }
+                    self.gate = g;
+                    // Connections held while the region went idle start it again.
+                    if g == Gate::Idle && !self.waiting.is_empty() {
+                        self.wake_region();
+                    }
+                }
                 Control::Stop => self.stop(now),
                 Control::Quit => {
                     // `close` takes open ones off `active`; the held ones come off here. (Not
@@ -341,7 +356,7 @@ impl Relay {
     fn sync_listener(&mut self) {
         let Some(l) = &self.listener else { return };
         let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
-        let want = self.live.load(Relaxed) < self.max && !paused;
+        let want = self.stats.live.load(Relaxed) < self.max && !paused;
         if want != self.listening {
             let r = if want {
                 self.epoll.add(l.as_raw_fd(), WANT_READ | sys::EXCLUSIVE, LISTENER)
@@ -396,18 +411,21 @@ impl Relay {
                         _permit: permit,
                     };
                     let slot = self.insert(conn);
-                    if self.gate == Gate::Open {
-                        self.connect(slot, now);
-                    } else {
-                        self.hold(slot);
+                    match self.gate {
+                        Gate::Open => self.connect(slot, now),
+                        Gate::Hold => self.hold(slot),
+                        Gate::Idle => {
+                            self.hold(slot);
+                            self.wake_region();
+                        }
                     }
                 }
                 Accepted::Empty => {
-                    self.live.fetch_sub(1, AcqRel);
+                    self.stats.live.fetch_sub(1, AcqRel);
                     return;
                 }
                 Accepted::Pause(why) => {
-                    self.live.fetch_sub(1, AcqRel);
+                    self.stats.live.fetch_sub(1, AcqRel);
                     if self.paused_until.is_none() {
                         output::warn(Some(self.region), &format!("relay: not accepting for now: {why}"), &[]);
                     }
@@ -423,7 +441,15 @@ impl Relay {
 
     /// Counts one more connection for the region, unless that would pass its cap.
     fn reserve(&self) -> bool {
-        self.live.fetch_update(AcqRel, Acquire, |n| (n < self.max).then_some(n + 1)).is_ok()
+        self.stats.live.fetch_update(AcqRel, Acquire, |n| (n < self.max).then_some(n + 1)).is_ok()
+    }
+
+    /// Tells the supervisor, once per idle period, that the idle region has a connection.
+    fn wake_region(&mut self) {
+        if !self.demanded {
+            self.demanded = true;
+            (self.demand)();
+        }
     }
 
     fn insert(&mut self, conn: Conn) -> usize {
@@ -619,7 +645,7 @@ impl Relay {
     /// Ends a connection: its sockets close when dropped (epoll forgets closed descriptors).
     fn close(&mut self, slot: usize) {
         let Some(conn) = self.conns[slot].take() else { return };
-        self.live.fetch_sub(1, AcqRel);
+        self.stats.close(Instant::now());
         if let State::Open(_, mut observer) = conn.state {
             observer.end(Instant::now());
             self.stats.active.fetch_sub(1, Relaxed);
@@ -717,6 +743,7 @@ mod tests {
             stats: stats.clone(),
             requests: Arc::new(RequestStats::new("/healthz")),
             workers: 2,
+            demand: Arc::new(|| {}),
         };
         (start(setup).unwrap(), port, stats)
     }
