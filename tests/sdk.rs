@@ -432,3 +432,39 @@ fn on_demand_failures_follow_the_restart_policy() {
     assert_eq!(sup.events_matching("us-east-1", "giving up after 2 restarts").len(), 1);
     assert!(sup.events_matching("eu-west-1", "started").is_empty(), "eu-west-1 stayed idle");
 }
+
+/// At a stop, connections that have not carried a byte are closed at once, so the plugins'
+/// graceful stop (which waits for them) is not held to the grace; a request in flight still
+/// gets its answer.
+#[test]
+fn a_stop_is_not_held_by_connections_that_sent_nothing() {
+    let ports = Ports::new();
+    let env = [
+        ("SUPERVISOR_REGIONS", "us-east-1,eu-west-1"),
+        ("SUPERVISOR_SHUTDOWN_GRACE", "4s"),
+        ("SDK_PLUGIN_RESPONSE_DELAY", "700ms"),
+    ];
+    let mut sup = Sup::spawn(sdk_command(&ports, &env), ports);
+    sup.wait_ready(READY);
+    let idle: Vec<TcpStream> =
+        (0..100).map(|i| TcpStream::connect(("127.0.0.1", sup.ports.base + 2 * (i % 2))).unwrap()).collect();
+    sup.wait_for("100 relayed connections", EXIT, |s| {
+        let page = s.get("/metrics").map(|m| m.1).unwrap_or_default();
+        sample(&page, "supervisor_region_relay_active_connections", &[]) == 100.0
+    });
+    let target = relayed(&sup, 0);
+    let busy = std::thread::spawn(move || sdk_client(&["--target", &target, "--protocol", "connect"]));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    sup.signal(libc::SIGTERM);
+    assert_eq!(exit_code(sup.wait_exit(EXIT)), Some(0));
+    let took = t.elapsed();
+    let (ok, report) = busy.join().unwrap();
+    assert!(ok, "the request in flight is answered: {report}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}, not held to the grace");
+    assert!(!sup.lines().iter().any(|l| l.contains("killing")), "{}", sup.tail(20));
+    for region in ["us-east-1", "eu-west-1"] {
+        assert_eq!(sup.events_matching(region, "exited with status 0").len(), 1, "{}", sup.tail(20));
+    }
+    drop(idle);
+}

@@ -74,13 +74,15 @@ pub struct Duplex {
     down: Flow,
     /// Last time a byte moved; for the half-closed bound.
     pub last_moved: Instant,
+    /// No byte has moved, in either direction, and neither side has ended.
+    untouched: bool,
 }
 
 impl Duplex {
     /// `client` has TCP_NODELAY already (accepted sockets inherit it from the listener).
     pub fn new(client: OwnedFd, child: OwnedFd, now: Instant) -> Duplex {
         sys::set_nodelay(&child);
-        Duplex { client, child, up: Flow::default(), down: Flow::default(), last_moved: now }
+        Duplex { client, child, up: Flow::default(), down: Flow::default(), last_moved: now, untouched: true }
     }
 
     /// The events wanted on `side` now (read when its source may be read, write when bytes
@@ -98,6 +100,11 @@ impl Duplex {
             events |= sys::WANT_WRITE;
         }
         events
+    }
+
+    /// Nothing has passed yet: the client connected and has not sent its first byte.
+    pub fn untouched(&self) -> bool {
+        self.untouched
     }
 
     /// Exactly one direction has ended: the connection counts against [`HALF_CLOSED_IDLE`].
@@ -141,10 +148,12 @@ impl Duplex {
         }
         match sys::read(from, buf) {
             Ok(0) => {
+                self.untouched = false;
                 self.flow(src).eof = true;
                 Step::Go
             }
             Ok(n) => {
+                self.untouched = false;
                 self.last_moved = now;
                 match src {
                     Side::Client => watch.client_bytes(&buf[..n]),

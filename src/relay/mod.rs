@@ -350,6 +350,18 @@ impl Relay {
             self.stats.held.fetch_sub(1, Relaxed);
             self.reject(slot, Reject::Stopping, now);
         }
+        // A connection that has not carried a byte is closed now, as an idle one: the plugin's
+        // graceful stop (Go's net/http Shutdown) waits for a connection that has sent no
+        // request yet, up to 5 s, which is past the grace, so a few such clients would make
+        // every plugin be killed.
+        for slot in 0..self.conns.len() {
+            if matches!(&self.conns[slot], Some(Conn { state: State::Open(d, _), .. }) if d.untouched()) {
+                self.after(slot, Step::Linger, now);
+                if let Some(c) = self.conns[slot].as_ref().and_then(|c| c.client.as_ref()) {
+                    sys::shutdown_write(c.as_raw_fd());
+                }
+            }
+        }
     }
 
     /// Listens while there is room, descriptors and no pause.
