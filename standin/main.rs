@@ -38,10 +38,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
-// The supervisor's duration parser; the rest of the file is not used here.
-#[path = "../src/time.rs"]
-#[allow(dead_code, unused_imports, unused_macros)]
-mod time;
+// The supervisor's duration parser.
+use region_supervisor::time;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

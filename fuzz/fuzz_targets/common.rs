@@ -1,4 +1,4 @@
-//! What both targets share: the observer's sources, and a connection played from fuzz input.
+//! What both targets share: a connection played from fuzz input through the observer.
 //!
 //! The input is read as the corpus format of `tests/corpus/observe/` (records of a direction
 //! byte, a 4-byte big-endian length and the data; a short or unknown record ends the input as
@@ -6,14 +6,10 @@
 //! twice, as recorded and one byte at a time: both must give the same metrics page, and neither
 //! may panic.
 
-#[path = "../../src/observe/mod.rs"]
-#[allow(dead_code)]
-mod observe;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use observe::{write_metrics, Observer, RequestStats};
+use region_supervisor::observe::{write_metrics, Observer, RequestStats};
 
 pub struct Record<'a> {
     pub client: bool,

@@ -2,10 +2,7 @@
 //! gets.
 #![no_main]
 
-#[path = "../../src/front/head.rs"]
-#[allow(dead_code)]
-mod head;
-
 use libfuzzer_sys::fuzz_target;
+use region_supervisor::front::head;
 
 fuzz_target!(|data: &[u8]| head::fuzz(data));

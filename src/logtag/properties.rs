@@ -25,6 +25,7 @@ impl Rng {
 }
 
 /// Streams built from fragments that hit the rules' edges, glued at random.
+#[cfg(test)]
 fn stream(rng: &mut Rng) -> Vec<u8> {
     const FRAGMENTS: &[&[u8]] = &[
         b"{}",
