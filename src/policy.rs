@@ -21,9 +21,11 @@ use crate::exit::Exit;
 use crate::sys::{signal_name, ExitStatus};
 use crate::view::RegionState;
 
-/// First readiness probe after a start, then the period until ready.
+/// First readiness probe after a start, then the period until ready. Short, because the time
+/// from the plugin's bind to its next probe is added to every start, and to the first request
+/// of an on-demand region (a refused probe costs a few microseconds of loopback).
 const FIRST_PROBE: Duration = Duration::from_millis(20);
-const STARTUP_PROBE_EVERY: Duration = Duration::from_millis(100);
+const STARTUP_PROBE_EVERY: Duration = Duration::from_millis(25);
 /// A readiness probe during startup waits at most this long for an answer.
 const STARTUP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A liveness probe waits at most min(probe interval, this).
