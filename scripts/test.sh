@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, Contributing; .ci/run calls it). Installs what the tests need
-# where it can: Debian packages when run as root, PyPI packages with pip, the Go modules of the
-# SDK test plugin through the Go module proxy. Where it cannot, it stops at once and names what
+# where it can: Debian packages when run as root, the Go modules of the SDK test plugin
+# through the Go module proxy. Where it cannot, it stops at once and names what
 # is missing: no test is skipped for a missing tool. Then it runs every test: the SDK test
 # plugin's own Go tests, and `cargo test` (arguments are passed on to it).
 set -euo pipefail
@@ -27,16 +27,6 @@ if ((${#packages[@]})); then
     say "missing: Debian packages ${packages[*]} (run this as root to install them, or install them)"
     exit 1
   fi
-fi
-
-# The HTTP/1.1 framing child of tests/protocols.rs (tests/fixtures/README.md).
-if ! python3 -c 'import h2' 2>/dev/null; then
-  say "installing the PyPI package h2"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore h2 ||
-    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages h2 || {
-    say "missing: the PyPI package h2 (pip install h2)"
-    exit 1
-  }
 fi
 
 # The SDK test plugin needs Go 1.26 or later (its modules require it); Debian's is older.
