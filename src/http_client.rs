@@ -60,7 +60,8 @@ impl Read for Deadline {
     }
 }
 
-fn left(deadline: Instant) -> Result<Duration, String> {
+/// What is left of the time to `deadline`, or `timed out`.
+pub fn left(deadline: Instant) -> Result<Duration, String> {
     let rest = deadline.saturating_duration_since(Instant::now());
     if rest.is_zero() {
         Err("timed out".into())

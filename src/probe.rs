@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::http_client;
+use crate::http_client::{self, left};
 
 /// How readiness and liveness are probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,15 +168,6 @@ fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Res
         }
     }
     Ok(())
-}
-
-fn left(deadline: Instant) -> Result<Duration, String> {
-    let rest = deadline.saturating_duration_since(Instant::now());
-    if rest.is_zero() {
-        Err("timed out".into())
-    } else {
-        Ok(rest)
-    }
 }
 
 #[cfg(test)]

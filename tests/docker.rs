@@ -378,19 +378,14 @@ fn run_image(
     Container(name.to_string())
 }
 
+/// What `script` prints, run by the image's /bin/sh in a throwaway container.
+fn sh_in(image: &str, script: &str) -> String {
+    ok(&["run", "--rm", "--network", "host", "--entrypoint", "/bin/sh", image, "-c", script])
+}
+
 /// The plugin programs under /usr/local/bin of `image`, sorted.
 fn plugins_in(image: &str) -> Vec<String> {
-    let files = ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "--entrypoint",
-        "/bin/sh",
-        image,
-        "-c",
-        "ls /usr/local/bin",
-    ]);
+    let files = sh_in(image, "ls /usr/local/bin");
     files.lines().filter(|l| l.starts_with("finfocus-plugin-aws-public-")).map(String::from).collect()
 }
 
@@ -427,17 +422,7 @@ fn the_download_path_bakes_in_the_published_regions() {
 
     // What was installed is what the release's tarballs hold, byte for byte.
     let program = release_program();
-    let got = ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "--entrypoint",
-        "/bin/sh",
-        IMAGE,
-        "-c",
-        "sha256sum /usr/local/bin/finfocus-plugin-aws-public-* | cut -d' ' -f1 | sort -u",
-    ]);
+    let got = sh_in(IMAGE, "sha256sum /usr/local/bin/finfocus-plugin-aws-public-* | cut -d' ' -f1 | sort -u");
     assert_eq!(got.trim(), sha256(&program.amd64), "every plugin is {}", program.amd64.display());
 
     // linux/arm64: the same stage, on the build platform, takes upstream's arm64 assets.
@@ -555,17 +540,8 @@ fn the_image_runs_the_published_regions_under_docker() {
     assert_eq!(version.trim(), format!("region-supervisor {}", env!("CARGO_PKG_VERSION")));
     assert_eq!(ok(&["run", "--rm", "--network", "host", IMAGE, "sh", "-c", "echo ok"]).trim(), "ok");
     // Nothing the image promises not to carry.
-    let absent = ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "--entrypoint",
-        "/bin/sh",
-        IMAGE,
-        "-c",
-        "for b in curl bash tini; do if command -v $b >/dev/null; then echo found $b; fi; done",
-    ]);
+    let absent =
+        sh_in(IMAGE, "for b in curl bash tini; do if command -v $b >/dev/null; then echo found $b; fi; done");
     assert!(!absent.contains("found"), "{absent}");
     let config = ok(&["image", "inspect", "--format", "{{json .Config}}", IMAGE]);
     let config: Value = serde_json::from_str(&config).unwrap();
@@ -754,17 +730,7 @@ fn the_supervisor_image_runs_children_mounted_at_run_time() {
     let (full, supervisor, base) = (size(IMAGE), size(SUPERVISOR_IMAGE), size(BASE));
     assert!(supervisor < 100 << 20 && supervisor < full, "{supervisor} bytes (full image {full})");
     assert!(supervisor - base < 8 << 20, "{} bytes over the base", supervisor - base);
-    let files = ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "--entrypoint",
-        "/bin/sh",
-        SUPERVISOR_IMAGE,
-        "-c",
-        "ls /usr/local/bin",
-    ]);
+    let files = sh_in(SUPERVISOR_IMAGE, "ls /usr/local/bin");
     assert_eq!(files.split_whitespace().collect::<Vec<_>>(), ["entrypoint", "region-supervisor"], "{files}");
     let config = ok(&["image", "inspect", "--format", "{{json .Config}}", SUPERVISOR_IMAGE]);
     let config: Value = serde_json::from_str(&config).unwrap();

@@ -54,6 +54,21 @@ fn requests(page: &str, region: &str, protocol: &str, code: &str, grpc: &str) ->
     )
 }
 
+/// `region-supervisor healthcheck` with `sup`'s ports and `env`: its exit code and output.
+fn healthcheck(sup: &Sup, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(SUPERVISOR);
+    cmd.arg("healthcheck")
+        .env("SUPERVISOR_PORT_BASE", sup.ports.base.to_string())
+        .env("SUPERVISOR_CHILD_PORT_BASE", sup.ports.child_base().to_string())
+        .env("SUPERVISOR_METRICS_ADDR", format!("127.0.0.1:{}", sup.ports.metrics()))
+        .env_remove("SUPERVISOR_PROBE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run healthcheck");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The first event names the probe in use and why.
 fn probe_of(sup: &Sup) -> (String, String) {
     let first = sup.events().into_iter().next().expect("a first event");
@@ -180,16 +195,8 @@ fn grpc_only_plugins_are_ready_with_the_default_probe() {
     let (probe, why) = probe_of(&sup);
     assert_eq!(probe, "h2");
     assert!(why.contains("FINFOCUS_PLUGIN_WEB_ENABLED=false"), "{why}");
-    let out = Command::new(SUPERVISOR)
-        .arg("healthcheck")
-        .env("FINFOCUS_PLUGIN_WEB_ENABLED", "false")
-        .env("SUPERVISOR_PORT_BASE", sup.ports.base.to_string())
-        .env("SUPERVISOR_CHILD_PORT_BASE", sup.ports.child_base().to_string())
-        .env_remove("SUPERVISOR_PROBE")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = healthcheck(&sup, &[("FINFOCUS_PLUGIN_WEB_ENABLED", "false")]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("✓ us-east-1") && text.contains("all 12 regions healthy"), "{text}");
     let target = relayed(&sup, 0);
     let (ok, report) = sdk_client(&["--target", &target, "--protocol", "grpc-go", "--count", "4"]);
@@ -324,16 +331,8 @@ fn on_demand_regions_start_at_their_first_connection_and_stop_when_idle() {
     assert!(health.iter().all(|r| r.state == "idle" && r.pid.is_none()), "{health:?}");
     assert!(children_of(sup.pid).is_empty(), "no child at start");
     // healthcheck passes and wakes nothing.
-    let out = Command::new(SUPERVISOR)
-        .arg("healthcheck")
-        .env("SUPERVISOR_START", "on-demand")
-        .env("SUPERVISOR_PORT_BASE", sup.ports.base.to_string())
-        .env("SUPERVISOR_CHILD_PORT_BASE", sup.ports.child_base().to_string())
-        .env("SUPERVISOR_METRICS_ADDR", format!("127.0.0.1:{}", sup.ports.metrics()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = healthcheck(&sup, &[("SUPERVISOR_START", "on-demand")]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("✓ us-east-1 (") && text.contains(") idle"), "{text}");
     std::thread::sleep(Duration::from_millis(200));
     assert!(children_of(sup.pid).is_empty(), "healthcheck woke a region");
