@@ -211,7 +211,26 @@ fn write_all_vectored(out: &mut File, batches: &[(bool, Vec<u8>)]) -> std::io::R
 
 /// Logs one supervisor event as a JSON line: time, level, region (when about one), message,
 /// then `fields` in order.
-pub fn event(level: &str, region: Option<&str>, message: &str, fields: &[(&str, Value)]) {
+/// The level of one of the supervisor's own events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+pub fn event(level: Level, region: Option<&str>, message: &str, fields: &[(&str, Value)]) {
+    let level = level.as_str();
     let mut line = format!("{{\"time\":\"{}\",\"level\":\"{level}\"", rfc3339(SystemTime::now()));
     if let Some(r) = region {
         line.push_str(",\"region\":");
@@ -239,13 +258,13 @@ pub fn event(level: &str, region: Option<&str>, message: &str, fields: &[(&str, 
 }
 
 pub fn info(region: Option<&str>, message: &str, fields: &[(&str, Value)]) {
-    event("info", region, message, fields)
+    event(Level::Info, region, message, fields)
 }
 
 pub fn warn(region: Option<&str>, message: &str, fields: &[(&str, Value)]) {
-    event("warn", region, message, fields)
+    event(Level::Warn, region, message, fields)
 }
 
 pub fn error(region: Option<&str>, message: &str, fields: &[(&str, Value)]) {
-    event("error", region, message, fields)
+    event(Level::Error, region, message, fields)
 }

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, BACKOFF_CAP};
 use crate::exit::Exit;
+use crate::output::Level;
 use crate::sys::{signal_name, ExitStatus};
 use crate::view::RegionState;
 
@@ -139,7 +140,7 @@ pub enum Action {
         region: usize,
     },
     Log {
-        level: &'static str,
+        level: Level,
         region: Option<usize>,
         message: String,
         fields: Vec<(&'static str, Value)>,
@@ -323,7 +324,7 @@ impl Policy {
             Event::Begin if self.settings.idle_stop.is_some() => {
                 self.regions.iter_mut().for_each(|r| r.phase = Phase::Idle);
                 self.log(
-                    "info",
+                    Level::Info,
                     None,
                     "every region idle until its first connection (on demand)".into(),
                     vec![],
@@ -333,7 +334,7 @@ impl Policy {
             Event::Started { region, generation, pid } => self.started(region, generation, pid, now),
             Event::SpawnFailed { region, generation, error } => {
                 if generation == self.regions[region].generation {
-                    self.log("error", Some(region), format!("cannot start: {error}"), vec![]);
+                    self.log(Level::Error, Some(region), format!("cannot start: {error}"), vec![]);
                     self.ended(region, format!("could not be started: {error}"), vec![], now);
                 }
             }
@@ -379,7 +380,7 @@ impl Policy {
 
     fn log(
         &mut self,
-        level: &'static str,
+        level: Level,
         region: Option<usize>,
         message: String,
         fields: Vec<(&'static str, Value)>,
@@ -402,7 +403,7 @@ impl Policy {
         }
         let attempt = self.regions[r].restarts;
         self.regions[r].pid = Some(pid);
-        self.log("info", Some(r), "started".into(), vec![("pid", json!(pid)), ("restarts", json!(attempt))]);
+        self.log(Level::Info, Some(r), "started".into(), vec![("pid", json!(pid)), ("restarts", json!(attempt))]);
         if self.stopping {
             // A stop began while this spawn was under way: stop it right away.
             self.regions[r].phase =
@@ -422,7 +423,7 @@ impl Policy {
         reg.stop_timers();
         reg.last_exit = Some(status.to_string());
         let expected = matches!(reg.phase, Phase::Stopping { .. });
-        let level = if expected { "info" } else { "warn" };
+        let level = if expected { Level::Info } else { Level::Warn };
         self.log(level, Some(r), status.to_string(), vec![("status", status_json(status))]);
         if self.give_up.as_ref().is_some_and(|(g, _)| *g == r) {
             let (_, cause) = self.give_up.take().expect("checked");
@@ -442,7 +443,7 @@ impl Policy {
             }
             Phase::Stopping { then: Then::Wake, .. } if !self.stopping => {
                 self.regions[r].idle_stops += 1;
-                self.log("info", Some(r), "starting on demand".into(), vec![]);
+                self.log(Level::Info, Some(r), "starting on demand".into(), vec![]);
                 self.spawn(r);
             }
             Phase::Stopping { .. } => self.regions[r].phase = Phase::Stopped,
@@ -484,7 +485,7 @@ impl Policy {
             return;
         }
         self.log(
-            "warn",
+            Level::Warn,
             Some(r),
             format!("failure {failures} of {max} allowed: {cause}"),
             vec![("cause", json!(cause)), ("failures", json!(failures))],
@@ -499,7 +500,7 @@ impl Policy {
     fn report_give_up(&mut self, r: usize, cause: &str, tail: Vec<String>) {
         let max = self.settings.max_restarts;
         self.log(
-            "error",
+            Level::Error,
             Some(r),
             format!("giving up after {max} restarts: {cause}"),
             vec![("cause", json!(cause)), ("restarts", json!(max)), ("last_lines", json!(tail))],
@@ -511,7 +512,7 @@ impl Policy {
         let delay = self.settings.backoff(failures);
         self.regions[r].phase = Phase::Backoff { until: now + delay };
         self.log(
-            "info",
+            Level::Info,
             Some(r),
             format!("restarting in {} (attempt {failures}/{})", human(delay), self.settings.max_restarts),
             vec![
@@ -538,9 +539,9 @@ impl Policy {
             return;
         }
         self.stopping = true;
-        self.log("info", None, format!("stopping all regions: {reason}"), vec![]);
+        self.log(Level::Info, None, format!("stopping all regions: {reason}"), vec![]);
         if self.rolling.take().is_some() {
-            self.log("info", None, "rolling restart: ended by the stop".into(), vec![]);
+            self.log(Level::Info, None, "rolling restart: ended by the stop".into(), vec![]);
         }
         for r in 0..self.regions.len() {
             match self.regions[r].phase {
@@ -564,7 +565,7 @@ impl Policy {
         }
         self.killing = true;
         self.log(
-            "warn",
+            Level::Warn,
             None,
             format!("received {} again: killing what is left", signal_name(signal)),
             vec![],
@@ -583,11 +584,11 @@ impl Policy {
     /// once the last is ready again. Not failures: the count and backoff stay as they are.
     fn reload(&mut self, now: Instant) {
         if self.stopping {
-            self.log("info", None, "SIGHUP ignored: stopping".into(), vec![]);
+            self.log(Level::Info, None, "SIGHUP ignored: stopping".into(), vec![]);
         } else if self.rolling.is_some() {
-            self.log("warn", None, "rolling restart already in progress: SIGHUP ignored".into(), vec![]);
+            self.log(Level::Warn, None, "rolling restart already in progress: SIGHUP ignored".into(), vec![]);
         } else {
-            self.log("info", None, "rolling restart: begin".into(), vec![]);
+            self.log(Level::Info, None, "rolling restart: begin".into(), vec![]);
             self.roll_from(0, now);
         }
     }
@@ -602,10 +603,10 @@ impl Policy {
         match next {
             Some(p) => {
                 let r = self.table_order[p];
-                self.log("info", Some(r), "rolling restart: restarting".into(), vec![]);
+                self.log(Level::Info, Some(r), "rolling restart: restarting".into(), vec![]);
                 self.stop_region(r, Then::Respawn, now);
             }
-            None => self.log("info", None, "rolling restart: done".into(), vec![]),
+            None => self.log(Level::Info, None, "rolling restart: done".into(), vec![]),
         }
     }
 
@@ -621,7 +622,7 @@ impl Policy {
     fn demand(&mut self, r: usize) {
         match self.regions[r].phase {
             Phase::Idle if !self.stopping => {
-                self.log("info", Some(r), "starting on demand".into(), vec![]);
+                self.log(Level::Info, Some(r), "starting on demand".into(), vec![]);
                 self.spawn(r);
             }
             Phase::Stopping { kill_at, then: Then::Idle } => {
@@ -640,7 +641,7 @@ impl Policy {
         }
         if open == 0 && quiet >= idle_stop {
             self.log(
-                "info",
+                Level::Info,
                 Some(r),
                 format!("idle: stopping after {} without connections", human(idle_stop)),
                 vec![("quiet_ms", json!(quiet.as_millis() as u64))],
@@ -660,7 +661,7 @@ impl Policy {
                 n += 1;
             }
         }
-        self.log("info", None, format!("forwarded {} to {n} regions", signal_name(signal)), vec![]);
+        self.log(Level::Info, None, format!("forwarded {} to {n} regions", signal_name(signal)), vec![]);
     }
 
     fn probed(&mut self, r: usize, result: Result<(), String>, now: Instant) {
@@ -673,7 +674,7 @@ impl Policy {
                 reg.probe_at = Some(now + interval);
                 reg.reset_at = (reg.failures > 0).then_some(now + self.settings.reset);
                 reg.idle_check_at = self.settings.idle_stop.map(|d| now + d);
-                self.log("info", Some(r), "ready".into(), vec![]);
+                self.log(Level::Info, Some(r), "ready".into(), vec![]);
                 self.became_ready(r, now);
             }
             (Phase::Starting { .. }, Err(_)) => reg.probe_at = Some(now + STARTUP_PROBE_EVERY),
@@ -683,7 +684,7 @@ impl Policy {
                 reg.probe_failures = 0;
                 reg.probe_at = Some(now + interval);
                 reg.reset_at = (reg.failures > 0).then_some(now + self.settings.reset);
-                self.log("info", Some(r), "healthy again".into(), vec![]);
+                self.log(Level::Info, Some(r), "healthy again".into(), vec![]);
             }
             (Phase::Ready | Phase::Unhealthy, Err(why)) => {
                 reg.phase = Phase::Unhealthy;
@@ -692,7 +693,7 @@ impl Policy {
                 reg.probe_at = Some(now + interval);
                 let (n, limit) = (reg.probe_failures, self.settings.liveness_failures);
                 self.log(
-                    "warn",
+                    Level::Warn,
                     Some(r),
                     format!("health probe failed ({n} in a row): {why}"),
                     vec![("cause", json!(why))],
@@ -716,7 +717,7 @@ impl Policy {
                     self.regions[r].phase = Phase::Stopping { kill_at: None, then };
                     if let Some(pid) = self.regions[r].pid {
                         self.log(
-                            "warn",
+                            Level::Warn,
                             Some(r),
                             format!("still running after {}: killing", human(self.settings.grace)),
                             vec![],
@@ -735,7 +736,7 @@ impl Policy {
                 reg.reset_at = None;
                 reg.failures = 0;
                 self.log(
-                    "info",
+                    Level::Info,
                     Some(r),
                     format!("healthy for {}: failure count reset", human(self.settings.reset)),
                     vec![],
@@ -897,7 +898,7 @@ mod tests {
         assert_eq!(sim.p.regions[0].state().as_str(), "failed");
         assert!(sim.has(&Action::Signal { region: 1, pid: 200, signal: libc::SIGTERM }));
         let give_up = sim.actions.iter().find_map(|a| match a {
-            Action::Log { level: "error", message, fields, .. } => Some((message.clone(), fields.clone())),
+            Action::Log { level: Level::Error, message, fields, .. } => Some((message.clone(), fields.clone())),
             _ => None,
         });
         let (message, fields) = give_up.expect("a give-up error");
