@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::SETTINGS;
+use crate::config::{Key, SETTINGS};
 use crate::time::duration_forms;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                 continue;
             }
             "--quiet" | "-q" => {
-                flags.push(("QUIET_HEALTHCHECK", "1".to_string()));
+                flags.push((Key::QuietHealthcheck.env(), "1".to_string()));
                 continue;
             }
             _ => {}

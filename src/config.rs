@@ -19,158 +19,226 @@ use crate::time::{duration_forms, parse_duration};
 /// One configuration variable: its name, the flag that mirrors it, its default and meaning.
 /// This table drives `--help`, flag parsing and the README's configuration table.
 pub struct Setting {
+    pub key: Key,
     pub env: &'static str,
     pub flag: &'static str,
     pub default: &'static str,
     pub help: &'static str,
 }
 
+/// A configuration variable, by what it sets: its name, flag and default are written once, in
+/// [`SETTINGS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Regions,
+    Command,
+    PortBase,
+    MetricsAddr,
+    RelayAddr,
+    ChildPortBase,
+    RelayHold,
+    RelayMaxConnections,
+    HealthPath,
+    ChildMetricsPath,
+    ScrapeTimeout,
+    MaxRestarts,
+    RestartBackoff,
+    RestartReset,
+    StartupTimeout,
+    ProbeInterval,
+    LivenessFailures,
+    ShutdownGrace,
+    LogFormat,
+    MaxLine,
+    Probe,
+    Start,
+    IdleStop,
+    HealthCheckTimeout,
+    QuietHealthcheck,
+}
+
+impl Key {
+    pub fn setting(self) -> &'static Setting {
+        SETTINGS.iter().find(|s| s.key == self).expect("every key is in the table")
+    }
+
+    /// The variable's name.
+    pub fn env(self) -> &'static str {
+        self.setting().env
+    }
+}
+
 pub const SETTINGS: &[Setting] = &[
     Setting {
+        key: Key::Regions,
         env: "SUPERVISOR_REGIONS",
         flag: "--regions",
         default: "all 12",
         help: "comma-separated subset, in the order given; unknown or duplicate names are an error",
     },
     Setting {
+        key: Key::Command,
         env: "SUPERVISOR_COMMAND",
         flag: "--command",
         default: "/usr/local/bin/finfocus-plugin-aws-public-{region}",
         help: "command template, split on whitespace, no shell; {region} and {port} are substituted",
     },
     Setting {
+        key: Key::PortBase,
         env: "SUPERVISOR_PORT_BASE",
         flag: "--port-base",
         default: "8001",
         help: "port of a region = base + its row in the region table (0..11); each must be 1..65535",
     },
     Setting {
+        key: Key::MetricsAddr,
         env: "SUPERVISOR_METRICS_ADDR",
         flag: "--metrics-addr",
         default: "0.0.0.0:9090",
         help: "listen address of /metrics, /healthz, /readyz, /livez; `off` disables it",
     },
     Setting {
+        key: Key::RelayAddr,
         env: "SUPERVISOR_RELAY_ADDR",
         flag: "--relay-addr",
         default: "0.0.0.0",
         help: "IP address the relay listens on, on every region's port, relaying to the child; `off`: each child listens on the region's port itself",
     },
     Setting {
+        key: Key::ChildPortBase,
         env: "SUPERVISOR_CHILD_PORT_BASE",
         flag: "--child-port-base",
         default: "18001",
         help: "with the relay: the port a region's child listens on (127.0.0.1) = base + its row",
     },
     Setting {
+        key: Key::RelayHold,
         env: "SUPERVISOR_RELAY_HOLD",
         flag: "--relay-hold",
         default: "10s",
         help: "how long a new connection to a region that is not ready waits for it before it is closed",
     },
     Setting {
+        key: Key::RelayMaxConnections,
         env: "SUPERVISOR_RELAY_MAX_CONNECTIONS",
         flag: "--relay-max-connections",
         default: "1024",
         help: "relayed connections per region at once (held ones included); past it, new ones wait in the listen queue",
     },
     Setting {
+        key: Key::HealthPath,
         env: "SUPERVISOR_HEALTH_PATH",
         flag: "--health-path",
         default: "/healthz",
         help: "path probed on each child",
     },
     Setting {
+        key: Key::ChildMetricsPath,
         env: "SUPERVISOR_CHILD_METRICS_PATH",
         flag: "--child-metrics-path",
         default: "/metrics",
         help: "path scraped on each child",
     },
     Setting {
+        key: Key::ScrapeTimeout,
         env: "SUPERVISOR_SCRAPE_TIMEOUT",
         flag: "--scrape-timeout",
         default: "2s",
         help: "per-child time limit of that scrape",
     },
     Setting {
+        key: Key::MaxRestarts,
         env: "SUPERVISOR_MAX_RESTARTS",
         flag: "--max-restarts",
         default: "3",
         help: "restarts allowed per region before the whole supervisor shuts down",
     },
     Setting {
+        key: Key::RestartBackoff,
         env: "SUPERVISOR_RESTART_BACKOFF",
         flag: "--restart-backoff",
         default: "1s",
         help: "delay before the first restart; doubles per consecutive failure, capped at 30s",
     },
     Setting {
+        key: Key::RestartReset,
         env: "SUPERVISOR_RESTART_RESET",
         flag: "--restart-reset",
         default: "60s",
         help: "a region healthy this long gets its failure count reset to 0",
     },
     Setting {
+        key: Key::StartupTimeout,
         env: "SUPERVISOR_STARTUP_TIMEOUT",
         flag: "--startup-timeout",
         default: "10s",
         help: "a (re)started child must answer its health path with 2xx within this",
     },
     Setting {
+        key: Key::ProbeInterval,
         env: "SUPERVISOR_PROBE_INTERVAL",
         flag: "--probe-interval",
         default: "10s",
         help: "health probe period once a region is ready",
     },
     Setting {
+        key: Key::LivenessFailures,
         env: "SUPERVISOR_LIVENESS_FAILURES",
         flag: "--liveness-failures",
         default: "3",
         help: "consecutive failed probes of a ready region that count as a failure (0 = never)",
     },
     Setting {
+        key: Key::ShutdownGrace,
         env: "SUPERVISOR_SHUTDOWN_GRACE",
         flag: "--shutdown-grace",
         default: "4s",
         help: "time between SIGTERM and SIGKILL at shutdown (else TERMINATION_GRACE_SECONDS)",
     },
     Setting {
+        key: Key::LogFormat,
         env: "SUPERVISOR_LOG_FORMAT",
         flag: "--log-format",
         default: "inject",
         help: "inject: JSON lines get a region key, others a `[region] ` prefix; json: others are wrapped in JSON too",
     },
     Setting {
+        key: Key::MaxLine,
         env: "SUPERVISOR_MAX_LINE",
         flag: "--max-line",
         default: "64KiB",
         help: "longest log line kept whole; longer lines are emitted in pieces of at most this size",
     },
     Setting {
+        key: Key::Probe,
         env: "SUPERVISOR_PROBE",
         flag: "--probe",
         default: "auto",
         help: "readiness and liveness probe: http (GET the health path, 2xx), h2 (an HTTP/2 PING answered), tcp (a connect); auto: h2 if the children's FINFOCUS_PLUGIN_WEB_ENABLED or FINFOCUS_PLUGIN_HEALTH_ENDPOINT is false (any value but true), else http",
     },
     Setting {
+        key: Key::Start,
         env: "SUPERVISOR_START",
         flag: "--start",
         default: "all",
         help: "all: every region starts at once; on-demand: a region's child starts at its first relayed connection and stops when idle (needs the relay)",
     },
     Setting {
+        key: Key::IdleStop,
         env: "SUPERVISOR_IDLE_STOP",
         flag: "--idle-stop",
         default: "10m",
         help: "with on-demand: a running region with no relayed connection for this long is stopped (not a failure)",
     },
     Setting {
+        key: Key::HealthCheckTimeout,
         env: "HEALTH_CHECK_TIMEOUT",
         flag: "--health-check-timeout",
         default: "5s",
         help: "per-region timeout of the `healthcheck` subcommand",
     },
     Setting {
+        key: Key::QuietHealthcheck,
         env: "QUIET_HEALTHCHECK",
         flag: "--quiet",
         default: "unset",
@@ -246,12 +314,11 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     /// The flag wins over the environment; an empty variable counts as unset.
-    fn value(&mut self, env: &str) -> Option<Value> {
-        let setting = SETTINGS.iter().find(|s| s.env == env);
-        if let Some(setting) = setting {
-            if let Some((_, text)) = self.flags.iter().rev().find(|(e, _)| *e == env) {
-                return Some(Value { origin: setting.flag.to_string(), text: text.clone() });
-            }
+    fn value(&mut self, key: Key) -> Option<Value> {
+        let setting = key.setting();
+        let env = setting.env;
+        if let Some((_, text)) = self.flags.iter().rev().find(|(e, _)| *e == env) {
+            return Some(Value { origin: setting.flag.to_string(), text: text.clone() });
         }
         match (self.lookup)(env)? {
             Ok(text) if text.trim().is_empty() => None,
@@ -263,10 +330,10 @@ impl Parser<'_> {
         }
     }
 
-    /// The value of `env` parsed by `parse`, or the table's default (parsed the same way).
-    fn typed<T>(&mut self, env: &str, parse: fn(&str) -> Option<T>, valid: &str) -> T {
-        let default = || parse(default_of(env)).expect("every default in SETTINGS parses");
-        match self.value(env) {
+    /// The value of `key` parsed by `parse`, or the table's default (parsed the same way).
+    fn typed<T>(&mut self, key: Key, parse: fn(&str) -> Option<T>, valid: &str) -> T {
+        let default = || parse(key.setting().default).expect("every default in SETTINGS parses");
+        match self.value(key) {
             None => default(),
             Some(v) => parse(v.text.trim()).unwrap_or_else(|| {
                 self.errors.push(format!("{}: {:?} is not {valid}", v.origin, v.text));
@@ -275,30 +342,30 @@ impl Parser<'_> {
         }
     }
 
-    fn duration(&mut self, env: &str) -> Duration {
-        self.typed(env, parse_duration, DURATION)
+    fn duration(&mut self, key: Key) -> Duration {
+        self.typed(key, parse_duration, DURATION)
     }
 
     /// A duration that must be more than zero (a zero timeout or period makes no sense).
-    fn positive_duration(&mut self, env: &str) -> Duration {
-        self.typed(env, |s| parse_duration(s).filter(|d| !d.is_zero()), POSITIVE_DURATION)
+    fn positive_duration(&mut self, key: Key) -> Duration {
+        self.typed(key, |s| parse_duration(s).filter(|d| !d.is_zero()), POSITIVE_DURATION)
     }
 
-    fn count(&mut self, env: &str) -> u32 {
-        self.typed(env, |s| s.parse().ok(), "a whole number (0, 1, 2, ...)")
+    fn count(&mut self, key: Key) -> u32 {
+        self.typed(key, |s| s.parse().ok(), "a whole number (0, 1, 2, ...)")
     }
 
-    fn port(&mut self, env: &str) -> u32 {
+    fn port(&mut self, key: Key) -> u32 {
         self.typed(
-            env,
+            key,
             |s| s.parse::<u32>().ok().filter(|b| (1..=65535).contains(b)),
             "a port number (1..65535)",
         )
     }
 
-    fn path(&mut self, env: &str) -> String {
+    fn path(&mut self, key: Key) -> String {
         self.typed(
-            env,
+            key,
             |s| (s.starts_with('/') && !s.contains(char::is_whitespace)).then(|| s.to_string()),
             "an HTTP path (it starts with / and has no spaces, e.g. /healthz)",
         )
@@ -307,11 +374,6 @@ impl Parser<'_> {
 
 const DURATION: &str = concat!("a duration (use ", duration_forms!(), ")");
 const POSITIVE_DURATION: &str = concat!("a duration above zero (use ", duration_forms!(), ")");
-
-/// The default of a setting, as the table writes it.
-fn default_of(env: &str) -> &'static str {
-    SETTINGS.iter().find(|s| s.env == env).map(|s| s.default).expect("every setting is in the table")
-}
 
 impl Config {
     /// Parses the configuration. `lookup` reads a variable (`Err` for one that is not UTF-8);
@@ -332,32 +394,28 @@ impl Config {
             regions,
             relay,
             metrics_addr,
-            health_path: p.path("SUPERVISOR_HEALTH_PATH"),
-            child_metrics_path: p.path("SUPERVISOR_CHILD_METRICS_PATH"),
-            scrape_timeout: p.positive_duration("SUPERVISOR_SCRAPE_TIMEOUT"),
-            max_restarts: p.count("SUPERVISOR_MAX_RESTARTS"),
-            restart_backoff: p.duration("SUPERVISOR_RESTART_BACKOFF"),
-            restart_reset: p.positive_duration("SUPERVISOR_RESTART_RESET"),
-            startup_timeout: p.positive_duration("SUPERVISOR_STARTUP_TIMEOUT"),
-            probe_interval: p.positive_duration("SUPERVISOR_PROBE_INTERVAL"),
-            liveness_failures: p.count("SUPERVISOR_LIVENESS_FAILURES"),
+            health_path: p.path(Key::HealthPath),
+            child_metrics_path: p.path(Key::ChildMetricsPath),
+            scrape_timeout: p.positive_duration(Key::ScrapeTimeout),
+            max_restarts: p.count(Key::MaxRestarts),
+            restart_backoff: p.duration(Key::RestartBackoff),
+            restart_reset: p.positive_duration(Key::RestartReset),
+            startup_timeout: p.positive_duration(Key::StartupTimeout),
+            probe_interval: p.positive_duration(Key::ProbeInterval),
+            liveness_failures: p.count(Key::LivenessFailures),
             shutdown_grace,
-            log_format: p.typed(
-                "SUPERVISOR_LOG_FORMAT",
-                LogFormat::parse,
-                "a log format (use inject or json)",
-            ),
+            log_format: p.typed(Key::LogFormat, LogFormat::parse, "a log format (use inject or json)"),
             max_line: p.typed(
-                "SUPERVISOR_MAX_LINE",
+                Key::MaxLine,
                 |s| parse_size(s).filter(|n| (MIN_LINE..=MAX_LINE).contains(n)),
                 "a size from 64 bytes to 64MiB (use 65536, 64KiB, 1MiB)",
             ),
             idle_stop,
             probe,
             probe_why,
-            health_check_timeout: p.positive_duration("HEALTH_CHECK_TIMEOUT"),
+            health_check_timeout: p.positive_duration(Key::HealthCheckTimeout),
             quiet_healthcheck: p.typed(
-                "QUIET_HEALTHCHECK",
+                Key::QuietHealthcheck,
                 parse_switch,
                 "a switch (use 1 or true; 0 or false)",
             ),
@@ -414,13 +472,13 @@ fn parse_switch(s: &str) -> Option<bool> {
 /// `SUPERVISOR_RELAY_ADDR` and the settings that only matter with the relay.
 fn parse_relay(p: &mut Parser) -> Option<RelaySettings> {
     let addr = p.typed(
-        "SUPERVISOR_RELAY_ADDR",
+        Key::RelayAddr,
         |s| if s == "off" { Some(None) } else { s.parse::<IpAddr>().ok().map(Some) },
         "an IP address (such as 0.0.0.0, 127.0.0.1 or ::) or off",
     );
-    let hold = p.positive_duration("SUPERVISOR_RELAY_HOLD");
+    let hold = p.positive_duration(Key::RelayHold);
     let max_connections = p.typed(
-        "SUPERVISOR_RELAY_MAX_CONNECTIONS",
+        Key::RelayMaxConnections,
         |s| s.parse::<usize>().ok().filter(|n| (1..=1_000_000).contains(n)),
         "a whole number from 1 to 1000000",
     );
@@ -430,21 +488,21 @@ fn parse_relay(p: &mut Parser) -> Option<RelaySettings> {
 /// Each selected region's ports and command.
 fn plan_regions(p: &mut Parser, relay: bool) -> Vec<RegionPlan> {
     let names = parse_region_list(p);
-    let port_base = p.port("SUPERVISOR_PORT_BASE");
-    let child_base = p.port("SUPERVISOR_CHILD_PORT_BASE");
-    let template = match p.value("SUPERVISOR_COMMAND") {
+    let port_base = p.port(Key::PortBase);
+    let child_base = p.port(Key::ChildPortBase);
+    let template = match p.value(Key::Command) {
         Some(v) if v.text.split_whitespace().next().is_some() => v.text,
         Some(v) => {
             p.errors.push(format!("{}: the command is empty", v.origin));
             String::new()
         }
-        None => default_of("SUPERVISOR_COMMAND").to_string(),
+        None => Key::Command.setting().default.to_string(),
     };
     let mut plans = Vec::new();
     for (index, name) in names {
-        let Some(port) = row_port(p, "SUPERVISOR_PORT_BASE", port_base, index, name) else { continue };
+        let Some(port) = row_port(p, Key::PortBase, port_base, index, name) else { continue };
         let child_port = if relay {
-            let Some(c) = row_port(p, "SUPERVISOR_CHILD_PORT_BASE", child_base, index, name) else {
+            let Some(c) = row_port(p, Key::ChildPortBase, child_base, index, name) else {
                 continue;
             };
             c
@@ -461,7 +519,8 @@ fn plan_regions(p: &mut Parser, relay: bool) -> Vec<RegionPlan> {
 }
 
 /// `base` + the region's row, or an error naming the region when that passes 65535.
-fn row_port(p: &mut Parser, env: &str, base: u32, index: usize, name: &str) -> Option<u16> {
+fn row_port(p: &mut Parser, key: Key, base: u32, index: usize, name: &str) -> Option<u16> {
+    let env = key.env();
     let port = base + index as u32;
     if port > 65535 {
         p.errors.push(format!(
@@ -475,7 +534,7 @@ fn row_port(p: &mut Parser, env: &str, base: u32, index: usize, name: &str) -> O
 
 fn parse_metrics_addr(p: &mut Parser) -> Option<SocketAddr> {
     p.typed(
-        "SUPERVISOR_METRICS_ADDR",
+        Key::MetricsAddr,
         |s| if s == "off" { Some(None) } else { parse_listen_addr(s).map(Some) },
         "a listen address (use HOST:PORT such as 0.0.0.0:9090, :9090, or off)",
     )
@@ -485,12 +544,13 @@ fn parse_metrics_addr(p: &mut Parser) -> Option<SocketAddr> {
 fn parse_grace(p: &mut Parser) -> Duration {
     let fallback = (p.lookup)(GRACE_FALLBACK).and_then(Result::ok).filter(|t| !t.trim().is_empty());
     match fallback {
-        Some(text) if p.value("SUPERVISOR_SHUTDOWN_GRACE").is_none() => parse_duration(text.trim())
-            .unwrap_or_else(|| {
+        Some(text) if p.value(Key::ShutdownGrace).is_none() => {
+            parse_duration(text.trim()).unwrap_or_else(|| {
                 p.errors.push(format!("{GRACE_FALLBACK}: {text:?} is not {DURATION}"));
-                parse_duration(default_of("SUPERVISOR_SHUTDOWN_GRACE")).expect("the default parses")
-            }),
-        _ => p.duration("SUPERVISOR_SHUTDOWN_GRACE"),
+                parse_duration(Key::ShutdownGrace.setting().default).expect("the default parses")
+            })
+        }
+        _ => p.duration(Key::ShutdownGrace),
     }
 }
 
@@ -498,7 +558,7 @@ fn parse_grace(p: &mut Parser) -> Duration {
 /// (it is the relay's connection that starts a region).
 fn parse_start(p: &mut Parser, relay: bool) -> Option<Duration> {
     let on_demand = p.typed(
-        "SUPERVISOR_START",
+        Key::Start,
         |s| match s {
             "all" => Some(false),
             "on-demand" => Some(true),
@@ -506,11 +566,13 @@ fn parse_start(p: &mut Parser, relay: bool) -> Option<Duration> {
         },
         "a start mode (use all or on-demand)",
     );
-    let idle_stop = p.positive_duration("SUPERVISOR_IDLE_STOP");
+    let idle_stop = p.positive_duration(Key::IdleStop);
     if on_demand && !relay {
-        p.errors.push(
-            "SUPERVISOR_START=on-demand needs the relay (a region starts at its first relayed connection), but SUPERVISOR_RELAY_ADDR is off".into(),
-        );
+        p.errors.push(format!(
+            "{}=on-demand needs the relay (a region starts at its first relayed connection), but {} is off",
+            Key::Start.env(),
+            Key::RelayAddr.env()
+        ));
     }
     on_demand.then_some(idle_stop)
 }
@@ -522,12 +584,12 @@ const HEALTH_SWITCHES: [&str; 2] = ["FINFOCUS_PLUGIN_WEB_ENABLED", "FINFOCUS_PLU
 /// `SUPERVISOR_PROBE`, with `auto` resolved, and why.
 fn parse_probe(p: &mut Parser) -> (Probe, String) {
     let chosen = p.typed(
-        "SUPERVISOR_PROBE",
+        Key::Probe,
         |s| if s == "auto" { Some(None) } else { Probe::parse(s).map(Some) },
         "a probe (use http, h2, tcp or auto)",
     );
     if let Some(probe) = chosen {
-        return (probe, format!("SUPERVISOR_PROBE={}", probe.as_str()));
+        return (probe, format!("{}={}", Key::Probe.env(), probe.as_str()));
     }
     // The plugin turns a switch on only for `true` (any case), and the children get `true`
     // where the variable is unset or empty: any other value means no health endpoint.
@@ -570,7 +632,7 @@ const MAX_LINE: usize = 64 << 20;
 
 /// Region names in the order given; empty entries (a trailing comma) are ignored.
 fn parse_region_list(p: &mut Parser) -> Vec<(usize, &'static str)> {
-    let Some(v) = p.value("SUPERVISOR_REGIONS") else {
+    let Some(v) = p.value(Key::Regions) else {
         return REGIONS.iter().copied().enumerate().collect();
     };
     let mut seen = HashSet::new();
@@ -654,8 +716,7 @@ pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, V
     let mut errors = Vec::new();
     let relay_workers = check_descriptors(config, &mut errors);
     check_programs(config, path_var, &mut errors);
-    let child_env =
-        if config.relay.is_some() { "SUPERVISOR_CHILD_PORT_BASE" } else { "SUPERVISOR_PORT_BASE" };
+    let child_env = if config.relay.is_some() { Key::ChildPortBase } else { Key::PortBase }.env();
     for r in &config.regions {
         if let Err(e) = TcpListener::bind(("127.0.0.1", r.child_port)) {
             errors.push(format!(
@@ -673,7 +734,8 @@ pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, V
                     relay_listeners.push(l);
                 }
                 Err(e) => errors.push(format!(
-                    "SUPERVISOR_RELAY_ADDR: cannot listen on {} for region {} ({e})",
+                    "{}: cannot listen on {} for region {} ({e})",
+                    Key::RelayAddr.env(),
                     SocketAddr::new(relay.addr, r.port),
                     r.name
                 )),
@@ -685,7 +747,7 @@ pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, V
         Some(addr) => match TcpListener::bind(addr) {
             Ok(l) => Some(l),
             Err(e) => {
-                errors.push(format!("SUPERVISOR_METRICS_ADDR: cannot listen on {addr} ({e})"));
+                errors.push(format!("{}: cannot listen on {addr} ({e})", Key::MetricsAddr.env()));
                 None
             }
         },
@@ -703,7 +765,7 @@ fn check_programs(config: &Config, path_var: Option<&str>, errors: &mut Vec<Stri
         let program = &r.argv[0];
         if checked.insert(program.clone()) {
             if let Err(why) = find_program(program, path_var) {
-                errors.push(format!("SUPERVISOR_COMMAND: program {program:?} ({}) {why}", r.name));
+                errors.push(format!("{}: program {program:?} ({}) {why}", Key::Command.env(), r.name));
             }
         }
     }
