@@ -403,7 +403,12 @@ impl Policy {
         }
         let attempt = self.regions[r].restarts;
         self.regions[r].pid = Some(pid);
-        self.log(Level::Info, Some(r), "started".into(), vec![("pid", json!(pid)), ("restarts", json!(attempt))]);
+        self.log(
+            Level::Info,
+            Some(r),
+            "started".into(),
+            vec![("pid", json!(pid)), ("restarts", json!(attempt))],
+        );
         if self.stopping {
             // A stop began while this spawn was under way: stop it right away.
             self.regions[r].phase =
@@ -898,7 +903,9 @@ mod tests {
         assert_eq!(sim.p.regions[0].state().as_str(), "failed");
         assert!(sim.has(&Action::Signal { region: 1, pid: 200, signal: libc::SIGTERM }));
         let give_up = sim.actions.iter().find_map(|a| match a {
-            Action::Log { level: Level::Error, message, fields, .. } => Some((message.clone(), fields.clone())),
+            Action::Log { level: Level::Error, message, fields, .. } => {
+                Some((message.clone(), fields.clone()))
+            }
             _ => None,
         });
         let (message, fields) = give_up.expect("a give-up error");
