@@ -162,10 +162,14 @@ fn backend_listener() -> std::io::Result<(UnixListener, UnixAddr)> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no free abstract socket name")))
 }
 
-pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle {
-    let (backend, address) = backend_listener().expect("cannot listen on tiny_http's internal socket");
-    let own = backend.try_clone().expect("a listening socket can be duplicated");
-    let server = Server::from_listener(backend, None).expect("a bound listener is always accepted");
+/// Starts the endpoint's threads; an error names the step that failed (the supervisor then
+/// exits 1, as when a region or relay thread cannot start).
+pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Result<Handle, String> {
+    let (backend, address) =
+        backend_listener().map_err(|e| format!("cannot listen on tiny_http's internal socket: {e}"))?;
+    let own = backend.try_clone().map_err(|e| format!("cannot duplicate tiny_http's socket: {e}"))?;
+    let server =
+        Server::from_listener(backend, None).map_err(|e| format!("tiny_http refused its socket: {e}"))?;
     let endpoint = Arc::new(Endpoint {
         listener: own,
         current: RwLock::new(Arc::new(ManuallyDrop::new(server))),
@@ -184,16 +188,16 @@ pub fn start(listener: TcpListener, view: SharedView, config: &Config) -> Handle
             std::thread::Builder::new()
                 .name("http".into())
                 .spawn(move || worker(&endpoint, &view, &scrape))
-                .expect("cannot start an http thread")
+                .map_err(|e| format!("cannot start an http thread: {e}"))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let setup = front::Setup {
         listener,
         backend: address,
         answer_timeout: config.scrape_timeout + front::ANSWER_TIME,
     };
-    let front = front::start(setup).expect("cannot start the http front");
-    Handle { front, endpoint, threads }
+    let front = front::start(setup).map_err(|e| format!("cannot start the http front: {e}"))?;
+    Ok(Handle { front, endpoint, threads })
 }
 
 fn worker(endpoint: &Endpoint, view: &SharedView, scrape: &Scrape) {

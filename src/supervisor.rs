@@ -70,7 +70,15 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
         }
     };
     let view = initial_view(&config, &stats, &relay_stats);
-    let server = preflight.metrics_listener.map(|l| server::start(l, view.clone(), &config));
+    let server = match preflight.metrics_listener.map(|l| server::start(l, view.clone(), &config)).transpose()
+    {
+        Ok(server) => server,
+        Err(e) => {
+            output::error(None, &format!("the HTTP endpoint: {e}"), &[]);
+            output::flush(Duration::from_secs(1));
+            return Exit::Failure;
+        }
+    };
     // Once every listener and thread exists, so the budget counts what they hold.
     accept::init(accept::reserve(config.regions.len()));
 
