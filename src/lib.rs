@@ -15,6 +15,7 @@ pub mod config;
 mod corpus;
 pub mod exit;
 pub mod exposition;
+pub mod families;
 pub mod front;
 pub mod healthcheck;
 pub mod http_client;

@@ -29,7 +29,8 @@ use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::config::Config;
-use crate::exposition::{self, Family};
+use crate::exposition;
+use crate::families::{self, Family};
 use crate::front;
 use crate::http_client;
 use crate::observe::{self, RequestStats};
@@ -279,7 +280,7 @@ fn health(snap: &Snapshot) -> Response<std::io::Cursor<Vec<u8>>> {
 }
 
 /// Scrapes every running child at once; `None` for a region not running or not scraped.
-fn scrape_all(snap: &Snapshot, scrape: &Scrape) -> Vec<Option<Vec<Family>>> {
+fn scrape_all(snap: &Snapshot, scrape: &Scrape) -> Vec<Option<Vec<exposition::Family>>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = snap
             .regions
@@ -307,9 +308,7 @@ fn scrape_all(snap: &Snapshot, scrape: &Scrape) -> Vec<Option<Vec<Family>>> {
 
 /// One of the supervisor's own families: a sample per region (or none, where `None`).
 struct OwnFamily {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
+    family: &'static Family,
     value: fn(&Sample) -> Option<String>,
 }
 
@@ -322,104 +321,48 @@ struct Sample<'a> {
 
 const OWN_FAMILIES: [OwnFamily; 8] = [
     OwnFamily {
-        name: "supervisor_region_up",
-        kind: "gauge",
-        help: "1 when the region answers its health path",
+        family: &families::UP,
         value: |s| Some(u8::from(s.region.state == RegionState::Ready).to_string()),
     },
+    OwnFamily { family: &families::RESTARTS, value: |s| Some(s.region.restarts.to_string()) },
     OwnFamily {
-        name: "supervisor_region_restarts_total",
-        kind: "counter",
-        help: "Restarts of the region since the supervisor started",
-        value: |s| Some(s.region.restarts.to_string()),
-    },
-    OwnFamily {
-        name: "supervisor_region_start_time_seconds",
-        kind: "gauge",
-        help: "Unix time the region's current process started",
+        family: &families::START_TIME,
         value: |s| {
             let t = s.region.started_at?.duration_since(UNIX_EPOCH).ok()?;
             Some(format!("{:.3}", t.as_secs_f64()))
         },
     },
+    OwnFamily { family: &families::RESIDENT_MEMORY, value: |s| s.usage.map(|(rss, _)| rss.to_string()) },
+    OwnFamily { family: &families::CPU, value: |s| s.usage.map(|(_, cpu)| format!("{cpu:.2}")) },
     OwnFamily {
-        name: "supervisor_region_resident_memory_bytes",
-        kind: "gauge",
-        help: "Resident memory of the region's current process",
-        value: |s| s.usage.map(|(rss, _)| rss.to_string()),
-    },
-    OwnFamily {
-        name: "supervisor_region_cpu_seconds_total",
-        kind: "counter",
-        help: "CPU time of the region's current process",
-        value: |s| s.usage.map(|(_, cpu)| format!("{cpu:.2}")),
-    },
-    OwnFamily {
-        name: "supervisor_region_log_lines_total",
-        kind: "counter",
-        help: "Log lines of the region written to stdout",
+        family: &families::LOG_LINES,
         value: |s| Some(s.region.stats.lines.load(Ordering::Relaxed).to_string()),
     },
-    OwnFamily {
-        name: "supervisor_region_idle_stops_total",
-        kind: "counter",
-        help: "Times the region was stopped for having no relayed connection for SUPERVISOR_IDLE_STOP (on demand)",
-        value: |s| Some(s.region.idle_stops.to_string()),
-    },
-    OwnFamily {
-        name: "supervisor_region_scrape_success",
-        kind: "gauge",
-        help: "1 when the region's own metrics were scraped and valid",
-        value: |s| Some(u8::from(s.scraped).to_string()),
-    },
+    OwnFamily { family: &families::IDLE_STOPS, value: |s| Some(s.region.idle_stops.to_string()) },
+    OwnFamily { family: &families::SCRAPE_SUCCESS, value: |s| Some(u8::from(s.scraped).to_string()) },
 ];
 
-/// The relay's families with one sample per region: name, type, help, value.
-type RelayFamily = (&'static str, &'static str, &'static str, fn(&relay::Stats) -> u64);
+/// A relay family and how its sample is read from a region's relay counters.
+type RelayFamily = (&'static Family, fn(&relay::Stats) -> u64);
+
+/// The relay's families with one sample per region.
 const RELAY: [RelayFamily; 5] = [
-    (
-        "supervisor_region_relay_connections_total",
-        "counter",
-        "Connections accepted on the region's port",
-        |s| relay::Stats::get(&s.accepted),
-    ),
-    (
-        "supervisor_region_relay_active_connections",
-        "gauge",
-        "Relayed connections connected to the child now",
-        |s| relay::Stats::get(&s.active),
-    ),
-    (
-        "supervisor_region_relay_held_connections",
-        "gauge",
-        "Connections waiting for the region to be ready",
-        |s| relay::Stats::get(&s.held),
-    ),
-    (
-        "supervisor_region_relay_received_bytes_total",
-        "counter",
-        "Bytes relayed from clients to the child",
-        |s| relay::Stats::get(&s.received),
-    ),
-    ("supervisor_region_relay_sent_bytes_total", "counter", "Bytes relayed from the child to clients", |s| {
-        relay::Stats::get(&s.sent)
-    }),
+    (&families::RELAY_CONNECTIONS, |s| relay::Stats::get(&s.accepted)),
+    (&families::RELAY_ACTIVE, |s| relay::Stats::get(&s.active)),
+    (&families::RELAY_HELD, |s| relay::Stats::get(&s.held)),
+    (&families::RELAY_RECEIVED, |s| relay::Stats::get(&s.received)),
+    (&families::RELAY_SENT, |s| relay::Stats::get(&s.sent)),
 ];
-const REJECTED: &str = "supervisor_region_relay_rejected_connections_total";
-const STATE: &str = "supervisor_region_state";
 
 /// `supervisor_region_state`: 1 for each region's current state, 0 for the others.
 fn state_metrics(regions: &[RegionView], out: &mut String) {
-    let _ = writeln!(
-        out,
-        "# HELP {STATE} The region's state (1 for the current one), as /healthz names it
-# TYPE {STATE} gauge"
-    );
+    let name = families::STATE.name;
+    families::STATE.head(out);
     for r in regions {
         for state in RegionState::ALL {
             let _ = writeln!(
                 out,
-                "{STATE}{{region=\"{}\",state=\"{}\"}} {}",
+                "{name}{{region=\"{}\",state=\"{}\"}} {}",
                 r.name,
                 state.as_str(),
                 u8::from(r.state == state)
@@ -435,21 +378,19 @@ fn relay_metrics(regions: &[RegionView], out: &mut String) {
     if relayed.is_empty() {
         return;
     }
-    for (name, kind, help, value) in RELAY {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (family, value) in RELAY {
+        family.head(out);
         for (region, stats) in &relayed {
-            let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", value(stats));
+            let _ = writeln!(out, "{}{{region=\"{region}\"}} {}", family.name, value(stats));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP {REJECTED} Connections closed without reaching a child, by reason\n# TYPE {REJECTED} counter"
-    );
+    let rejected = families::RELAY_REJECTED.name;
+    families::RELAY_REJECTED.head(out);
     for (region, stats) in &relayed {
         for why in Reject::ALL {
             let _ = writeln!(
                 out,
-                "{REJECTED}{{region=\"{region}\",reason=\"{}\"}} {}",
+                "{rejected}{{region=\"{region}\",reason=\"{}\"}} {}",
                 why.as_str(),
                 stats.rejected(why)
             );
@@ -473,11 +414,11 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
         .collect();
     let mut out = String::with_capacity(64 * 1024);
     for own in &OWN_FAMILIES {
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", own.name, own.help, own.name, own.kind);
+        own.family.head(&mut out);
         for s in &samples {
             if let Some(v) = (own.value)(s) {
                 // Region names are fixed ASCII from our table: no label escaping needed.
-                let _ = writeln!(out, "{}{{region=\"{}\"}} {v}", own.name, s.region.name);
+                let _ = writeln!(out, "{}{{region=\"{}\"}} {v}", own.family.name, s.region.name);
             }
         }
     }
@@ -488,17 +429,9 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
     if !measured.is_empty() {
         observe::write_metrics(&measured, &mut out);
     }
-    let _ = writeln!(
-        out,
-        "# HELP supervisor_build_info Version of region-supervisor\n# TYPE supervisor_build_info gauge"
-    );
-    let _ = writeln!(out, "supervisor_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-    let mut reserved: Vec<&str> =
-        OWN_FAMILIES.iter().map(|o| o.name).chain(RELAY.iter().map(|r| r.0)).collect();
-    reserved.push(REJECTED);
-    reserved.push(STATE);
-    reserved.extend(observe::FAMILIES);
-    reserved.push("supervisor_build_info");
+    families::BUILD_INFO.head(&mut out);
+    let _ = writeln!(out, "{}{{version=\"{}\"}} 1", families::BUILD_INFO.name, env!("CARGO_PKG_VERSION"));
+    let reserved: Vec<&str> = families::ALL.iter().map(|f| f.name).collect();
     exposition::merge(scraped.into_iter().flatten().collect(), &reserved, &mut out);
     out
 }

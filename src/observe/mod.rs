@@ -24,7 +24,7 @@ mod stats;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use stats::{write_metrics, RequestStats, FAMILIES};
+pub use stats::{write_metrics, RequestStats};
 
 use h2::{H2, PREFACE};
 use http1::Http1;

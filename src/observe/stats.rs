@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::grpc::GrpcCode;
+use crate::families;
 
 /// Distinct `method` label values per region, `other` and `healthz` included.
 pub const MAX_METHODS: usize = 64;
@@ -298,15 +299,6 @@ fn snapshot(stats: &RequestStats) -> Snapshot {
     snap
 }
 
-/// The names of the families `write_metrics` writes (a child's families of these names are left
-/// out of the merged page).
-pub const FAMILIES: [&str; 4] = [
-    "supervisor_region_requests_total",
-    "supervisor_region_request_duration_seconds",
-    "supervisor_region_requests_in_flight",
-    "supervisor_region_request_parse_failures_total",
-];
-
 /// Writes the request families for all regions, one # HELP/# TYPE per family, region label first.
 pub fn write_metrics(regions: &[(&str, &RequestStats)], out: &mut String) {
     let snaps: Vec<(String, Snapshot)> =
@@ -320,18 +312,14 @@ pub fn write_metrics(regions: &[(&str, &RequestStats)], out: &mut String) {
 /// Writes the `supervisor_region_requests_total` family: every counted series of every region
 /// (`snaps`: each region's escaped name and snapshot).
 fn write_requests(snaps: &[(String, Snapshot)], out: &mut String) {
-    family(
-        out,
-        "supervisor_region_requests_total",
-        "counter",
-        "Requests relayed to the region, by protocol, method, HTTP status (0: no response) and gRPC status",
-    );
+    let name = families::REQUESTS.name;
+    families::REQUESTS.head(out);
     for (region, s) in snaps {
         for (k, n) in &s.requests {
             let (protocol, method, code, grpc) = (k.protocol, s.name(k.method), k.code, k.grpc);
             let _ = writeln!(
                 out,
-                "supervisor_region_requests_total{{region=\"{region}\",protocol=\"{}\",method=\"{method}\",code=\"{code}\",grpc_code=\"{}\"}} {n}",
+                "{name}{{region=\"{region}\",protocol=\"{}\",method=\"{method}\",code=\"{code}\",grpc_code=\"{}\"}} {n}",
                 protocol.as_str(),
                 grpc.map_or("", GrpcCode::name),
             );
@@ -342,12 +330,8 @@ fn write_requests(snaps: &[(String, Snapshot)], out: &mut String) {
 /// Writes the `supervisor_region_request_duration_seconds` family: a histogram per protocol and
 /// method of every region, its buckets cumulative.
 fn write_durations(snaps: &[(String, Snapshot)], out: &mut String) {
-    family(
-        out,
-        "supervisor_region_request_duration_seconds",
-        "histogram",
-        "Time from a request's first byte to its response's last, as seen by the relay",
-    );
+    let name = families::REQUEST_DURATION.name;
+    families::REQUEST_DURATION.head(out);
     for (region, s) in snaps {
         for ((protocol, method), h) in &s.durations {
             let method = s.name(*method);
@@ -358,50 +342,31 @@ fn write_durations(snaps: &[(String, Snapshot)], out: &mut String) {
             for (i, n) in buckets.iter().enumerate() {
                 cumulative += n;
                 let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-                let _ = writeln!(
-                    out,
-                    "supervisor_region_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-                );
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
             }
             let sum = sum_nanos as f64 / 1e9;
-            let _ = writeln!(out, "supervisor_region_request_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "supervisor_region_request_duration_seconds_count{{{labels}}} {count}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         }
     }
 }
 
 /// Writes the `supervisor_region_requests_in_flight` family: a gauge per region.
 fn write_in_flight(snaps: &[(String, Snapshot)], out: &mut String) {
-    family(
-        out,
-        "supervisor_region_requests_in_flight",
-        "gauge",
-        "Requests relayed to the region whose response has not ended yet",
-    );
+    let name = families::REQUESTS_IN_FLIGHT.name;
+    families::REQUESTS_IN_FLIGHT.head(out);
     for (region, s) in snaps {
-        let _ = writeln!(out, "supervisor_region_requests_in_flight{{region=\"{region}\"}} {}", s.in_flight);
+        let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", s.in_flight);
     }
 }
 
 /// Writes the `supervisor_region_request_parse_failures_total` family: a counter per region.
 fn write_parse_failures(snaps: &[(String, Snapshot)], out: &mut String) {
-    family(
-        out,
-        "supervisor_region_request_parse_failures_total",
-        "counter",
-        "Relayed connections whose bytes stopped making sense as HTTP (relayed on, no longer counted)",
-    );
+    let name = families::PARSE_FAILURES.name;
+    families::PARSE_FAILURES.head(out);
     for (region, s) in snaps {
-        let _ = writeln!(
-            out,
-            "supervisor_region_request_parse_failures_total{{region=\"{region}\"}} {}",
-            s.parse_failures
-        );
+        let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", s.parse_failures);
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// A label value as the text format wants it.
