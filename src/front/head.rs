@@ -445,21 +445,14 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        // A small xorshift walk over bytes biased toward HTTP's own, so many samples get deep.
+        // Bytes biased toward HTTP's own, so many samples get deep.
         let alphabet = b"GET /HTP1.02\r\n:abc \t\x00\xff";
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
-            let mut s = Vec::new();
-            for _ in 0..(x % 64) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                s.push(alphabet[(x % alphabet.len() as u64) as usize]);
-            }
+            let s: Vec<u8> = (0..rng.usize(..64)).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
             if let Verdict::Complete(h) = judge(&s) {
                 assert!(h.len <= s.len() && s[..h.len].ends_with(b"\r\n\r\n"));
             }
-            x = x.wrapping_add(1);
         }
     }
 }

@@ -342,9 +342,9 @@ mod tests {
 
     #[test]
     fn prefix_xor_is_a_running_parity() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
         for _ in 0..1000 {
-            x = x.rotate_left(17).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let x = rng.u64(..);
             let want = (0..64).fold(0u64, |acc, i| {
                 acc | u64::from((x & (u64::MAX >> (63 - i))).count_ones() % 2 == 1) << i
             });

@@ -138,9 +138,9 @@ fn scalars_end_well(s: &[u8], base: usize, mut starts: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::json::{scan_object, Scratch};
-    use super::super::properties::Rng;
     use super::super::trim_json_ws;
     use super::*;
+    use fastrand::Rng;
 
     /// What the compact check says of `s`: as this CPU runs it, with the baseline classifier,
     /// and portably.
@@ -201,34 +201,34 @@ mod tests {
         let (mut scratch, mut members) = (Scratch::default(), Vec::new());
         let (mut fast, mut objects) = (0, 0);
         for seed in 1..=cases * 5 {
-            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let mut rng = Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
             let mut line = b"{".to_vec();
-            for m in 0..rng.below(8) {
+            for m in 0..rng.u64(..8) {
                 if m > 0 {
                     line.push(b',');
                 }
-                let key = ["\"k\"", "\"region\"", "\"regio\"", "\"regions\""][rng.below(4) as usize];
+                let key = ["\"k\"", "\"region\"", "\"regio\"", "\"regions\""][rng.u64(..4) as usize];
                 line.extend_from_slice(key.as_bytes());
                 line.push(b':');
-                line.extend_from_slice(VALUES[rng.below(VALUES.len() as u64) as usize]);
+                line.extend_from_slice(VALUES[rng.u64(..VALUES.len() as u64) as usize]);
             }
             line.push(b'}');
             // Long lines cross the 64-byte blocks of the quote bitmap.
-            if rng.below(4) == 0 {
-                let pad = "p".repeat(rng.below(130) as usize);
+            if rng.u64(..4) == 0 {
+                let pad = "p".repeat(rng.u64(..130) as usize);
                 line.splice(
                     1..1,
                     format!("\"{pad}\":\"{pad}\"{}", if line.len() > 2 { "," } else { "" }).into_bytes(),
                 );
             }
-            for _ in 0..rng.below(3) {
-                let at = rng.below(line.len() as u64 + 1) as usize;
-                match rng.below(3) {
+            for _ in 0..rng.u64(..3) {
+                let at = rng.u64(..line.len() as u64 + 1) as usize;
+                match rng.u64(..3) {
                     0 if at < line.len() => {
                         line.remove(at);
                     }
                     _ => {
-                        let d = DAMAGE[rng.below(DAMAGE.len() as u64) as usize];
+                        let d = DAMAGE[rng.u64(..DAMAGE.len() as u64) as usize];
                         line.splice(at..at, d.iter().copied());
                     }
                 }

@@ -6,23 +6,10 @@
 //! Compiled for tests and for the fuzz target only.
 
 use super::*;
+use fastrand::Rng;
 use serde_json::Value;
 
 const REGION: &str = "eu-west-1";
-
-/// xorshift64*: deterministic, so a failure names the seed that reproduces it.
-pub(super) struct Rng(pub(super) u64);
-impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub(super) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Streams built from fragments that hit the rules' edges, glued at random.
 #[cfg(test)]
@@ -55,18 +42,18 @@ fn stream(rng: &mut Rng) -> Vec<u8> {
         b"0.5e3",
     ];
     let mut out = Vec::new();
-    for _ in 0..rng.below(200) {
-        match rng.below(10) {
-            0 => out.extend((0..rng.below(300)).map(|_| rng.below(256) as u8)),
+    for _ in 0..rng.u64(..200) {
+        match rng.u64(..10) {
+            0 => out.extend((0..rng.u64(..300)).map(|_| rng.u64(..256) as u8)),
             1 => {
                 // A well-formed object line, sometimes with its own region.
                 let own =
-                    ["", "\"region\":\"eu-west-1\",", "\"region\":\"us-east-1\","][rng.below(3) as usize];
+                    ["", "\"region\":\"eu-west-1\",", "\"region\":\"us-east-1\","][rng.u64(..3) as usize];
                 out.extend_from_slice(
-                    format!("{{{own}\"k{}\":\"v\\n\",\"n\":[1,2]}}\n", rng.below(9)).as_bytes(),
+                    format!("{{{own}\"k{}\":\"v\\n\",\"n\":[1,2]}}\n", rng.u64(..9)).as_bytes(),
                 );
             }
-            _ => out.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len() as u64) as usize]),
+            _ => out.extend_from_slice(FRAGMENTS[rng.u64(..FRAGMENTS.len() as u64) as usize]),
         }
     }
     out
@@ -106,8 +93,8 @@ pub fn tagged_like_the_model(
 pub fn fuzz(data: &[u8]) {
     let [limit, chunks, input @ ..] = data else { return };
     let max = [4, 64, 100, 300, 1 << 16][usize::from(*limit) % 5];
-    let mut rng = Rng(u64::from(*chunks) | 1);
-    tagged_like_the_model(u64::from(*chunks), input, max, &mut || 1 + rng.below(64) as usize);
+    let mut rng = Rng::with_seed(u64::from(*chunks) | 1);
+    tagged_like_the_model(u64::from(*chunks), input, max, &mut || 1 + rng.u64(..64) as usize);
 }
 
 /// The stored corpus (`tests/corpus/logtag/`, inputs the fuzzer found worth keeping).
@@ -179,10 +166,10 @@ fn arbitrary_streams_are_tagged_and_conserved() {
     let cases: u64 = std::env::var("LOGTAG_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let (mut injected, mut exported, mut pieces) = (0, 0, 0);
     for seed in 1..=cases {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let input = stream(&mut rng);
-        let max = [64, 100, 300, 1 << 16][rng.below(4) as usize];
-        let (out, expected) = tagged_like_the_model(seed, &input, max, &mut || 1 + rng.below(700) as usize);
+        let max = [64, 100, 300, 1 << 16][rng.u64(..4) as usize];
+        let (out, expected) = tagged_like_the_model(seed, &input, max, &mut || 1 + rng.u64(..700) as usize);
         for (line, want) in out.split(|&b| b == b'\n').zip(&expected) {
             injected += usize::from(line.starts_with(b"{"));
             exported += usize::from(line.windows(17).any(|w| w == b"\"exported_region\""));

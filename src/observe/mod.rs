@@ -183,20 +183,6 @@ pub(crate) mod tests {
         play_cut(script, &mut |_, _| Vec::new()).1
     }
 
-    /// A small deterministic PRNG (xorshift64).
-    pub struct Rng(pub u64);
-    impl Rng {
-        pub fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        pub fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     /// Plays `script` whole, split at every position of every chunk, one byte at a time and in
     /// random pieces; every way gives the same page. Returns the stats of the whole play.
     pub fn play_every_way(script: &[(Dir, Vec<u8>)]) -> Arc<RequestStats> {
@@ -209,10 +195,10 @@ pub(crate) mod tests {
         }
         let (p, _) = play_cut(script, &mut |_, b| (1..b.len()).collect());
         assert_eq!(p, page, "one byte at a time");
-        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
         for round in 0..20 {
             let (p, _) = play_cut(script, &mut |_, b| {
-                let mut cuts: Vec<usize> = (0..rng.below(6)).map(|_| rng.below(b.len() + 1)).collect();
+                let mut cuts: Vec<usize> = (0..rng.usize(..6)).map(|_| rng.usize(..b.len() + 1)).collect();
                 cuts.sort_unstable();
                 cuts
             });
@@ -283,7 +269,7 @@ pub(crate) mod tests {
     /// Random bytes, and random mixes of valid pieces, never panic and keep the invariants.
     #[test]
     fn property_random_bytes() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
         let pieces: [&[u8]; 14] = [
             b"GET / HTTP/1.1\r\n",
             b"HTTP/1.1 200 OK\r\n",
@@ -302,14 +288,14 @@ pub(crate) mod tests {
         ];
         for round in 0..3000 {
             let mut script = Vec::new();
-            for _ in 0..rng.below(12) {
-                let dir = if rng.below(2) == 0 { Dir::Client } else { Dir::Child };
-                let bytes: Vec<u8> = if rng.below(3) == 0 {
-                    (0..rng.below(64)).map(|_| rng.next() as u8).collect()
+            for _ in 0..rng.usize(..12) {
+                let dir = if rng.usize(..2) == 0 { Dir::Client } else { Dir::Child };
+                let bytes: Vec<u8> = if rng.usize(..3) == 0 {
+                    (0..rng.usize(..64)).map(|_| rng.u8(..)).collect()
                 } else {
                     let mut b = Vec::new();
-                    for _ in 0..1 + rng.below(4) {
-                        b.extend_from_slice(pieces[rng.below(pieces.len())]);
+                    for _ in 0..1 + rng.usize(..4) {
+                        b.extend_from_slice(pieces[rng.usize(..pieces.len())]);
                     }
                     b
                 };
@@ -422,8 +408,8 @@ pub(crate) mod tests {
                 r
             };
             let web_req = b"POST /pkg.v1.S/Get HTTP/1.1\r\nContent-Type: application/grpc-web+proto\r\nContent-Length: 5\r\n\r\n\0\0\0\0\0";
-            let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
-            let random: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+            let mut rng = fastrand::Rng::with_seed(0xDEAD_BEEF_CAFE_F00D);
+            let random: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
             let mut tiny = get("/pkg.S/Many");
             for i in 0..10_000u32 {
                 tiny.extend_from_slice(&[0x40, 1, b'a', 1, b'0' + (i % 10) as u8]);
