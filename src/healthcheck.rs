@@ -64,28 +64,36 @@ pub fn run(config: &Config) -> Exit {
     }
 }
 
+/// What is done for one region: probe it, or (on demand) only see that the relay listens.
+enum Check {
+    Probe,
+    Listen(Verdict),
+    Fail(String),
+}
+
 /// One verdict per region, in the configured order.
 fn probe_all(config: &Config) -> Vec<Verdict> {
     let timeout = config.health_check_timeout;
     // On demand only: the supervisor's view of which regions are idle.
     let states = config.idle_stop.map(|_| supervisor_states(config));
+    let checks = config.regions.iter().map(|plan| match &states {
+        None => Check::Probe,
+        Some(Err(why)) => Check::Fail(why.clone()),
+        Some(Ok(None)) => Check::Listen(Verdict::Listening),
+        // A probe of an idle region would start it: do not wake it.
+        Some(Ok(Some(m))) if m.get(plan.name).is_some_and(|s| s == "idle") => Check::Listen(Verdict::Idle),
+        Some(Ok(Some(_))) => Check::Probe,
+    });
     std::thread::scope(|s| {
         let handles: Vec<_> = config
             .regions
             .iter()
-            .map(|plan| {
-                let state = match &states {
-                    None => Ok(None),
-                    Some(Ok(None)) => Ok(Some(None)),
-                    Some(Ok(Some(m))) => Ok(Some(m.get(plan.name).cloned())),
-                    Some(Err(why)) => Err(why.clone()),
-                };
-                s.spawn(move || match state {
-                    // On demand, a probe of an idle region would start it: do not wake it.
-                    Ok(Some(Some(state))) if state == "idle" => listening(plan.port, Verdict::Idle),
-                    Ok(Some(None)) => listening(plan.port, Verdict::Listening),
-                    Err(why) => Verdict::Unhealthy(why),
-                    _ => probe(config, plan, timeout),
+            .zip(checks)
+            .map(|(plan, check)| {
+                s.spawn(move || match check {
+                    Check::Probe => probe(config, plan, timeout),
+                    Check::Listen(verdict) => listening(plan.port, verdict),
+                    Check::Fail(why) => Verdict::Unhealthy(why),
                 })
             })
             .collect();
