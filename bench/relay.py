@@ -223,7 +223,7 @@ def cpu_self(pid):
 
 def cpu_threads(pid, prefix):
     """User + system seconds of those threads of a process whose name starts with `prefix`
-    (the supervisor names its relay workers "relay <region>")."""
+    (the supervisor names its relay workers "relay <n>")."""
     total = 0.0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")

@@ -677,18 +677,17 @@ fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
 /// What `preflight` hands over: the listeners, already bound, so nothing can take an address
 /// between the check and its use.
 pub struct Preflight {
-    /// Relay workers per region: one per CPU (at most 4), fewer where the open-file limit
-    /// allows no more; 0 with the relay off.
+    /// Relay workers (serving every region): one per CPU (at most 4), fewer where the
+    /// open-file limit allows no more; 0 with the relay off.
     pub relay_workers: usize,
     pub metrics_listener: Option<TcpListener>,
     /// One per region, in `config.regions` order; empty with the relay off.
     pub relay_listeners: Vec<TcpListener>,
 }
 
-/// The relay workers per region the open-file limit allows (the soft limit, already raised to
-/// the hard one): as many as there are CPUs (at most 4), fewer when short, and an error naming
-/// the limit and the need when not even one per region fits (or, without the relay, the
-/// regions themselves do not).
+/// The relay workers the open-file limit allows (the soft limit, already raised to the hard
+/// one): as many as there are CPUs (at most 4), fewer when short, and an error naming the limit
+/// and the need when not even one fits (or, without the relay, the regions themselves do not).
 fn check_descriptors(config: &Config, errors: &mut Vec<String>) -> usize {
     let limit = usize::try_from(crate::sys::nofile_limit()).unwrap_or(usize::MAX);
     let regions = config.regions.len();

@@ -5,7 +5,7 @@
 //!
 //! Threads of a running supervisor: main (becomes the supervisor event loop, `supervisor.rs`),
 //! signals (`signals.rs`, also reaps), stdout (`output.rs`), one per region (`region.rs`), each
-//! region's relay workers, one per CPU up to 4 (`relay/`), the HTTP front and its forwarders
+//! relay workers shared by every region, one per CPU up to 4 (`relay/`), the HTTP front and its forwarders
 //! (`front/`), tiny_http's workers (`server.rs`), and short-lived probe threads.
 
 pub mod accept;

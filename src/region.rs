@@ -2,11 +2,16 @@
 //! stderr) and tags every line, and reports the child's start and end to the supervisor.
 //!
 //! The thread lives until the supervisor has stopped every child, because the child's
-//! parent-death signal fires when the *spawning thread* exits. It sleeps in `poll` on up to
-//! three descriptors: the child's two pipes and its mailbox's eventfd (the supervisor's
-//! commands and the reaper's exit notice arrive on a channel, and the eventfd makes them wake
-//! `poll`). Each pipe is framed into lines on its own (`Tagger` keeps a partial line per
-//! stream), so a line begun on one stream never joins a line of the other.
+//! parent-death signal fires when the *spawning thread* exits. The supervisor's commands and
+//! the reaper's exit notice arrive on a channel. With no child pipe open the thread sleeps on
+//! that channel; otherwise it sleeps in `poll` on the child's two pipes, and looks at the
+//! channel after each wake-up and at least every [`MAIL_EVERY`]. No descriptor of its own: a
+//! region costs the supervisor just its two pipes (what lets 12 regions run under a low
+//! open-file limit). The one message that can come while a pipe is open is the child's exit
+//! notice, and a child's exit closes its pipes (end of file wakes `poll`) unless a grandchild
+//! still holds them; only then is the exit seen up to [`MAIL_EVERY`] late. Each pipe is framed
+//! into lines on its own (`Tagger` keeps a partial line per stream), so a line begun on one
+//! stream never joins a line of the other.
 //!
 //! Ordering invariant: `Event::Exited` is sent only after every byte the child left in both
 //! pipes has been tagged and handed to stdout, so the supervisor's view (and the tail of lines
@@ -21,6 +26,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 
+use crate::accept;
 use crate::config::RegionPlan;
 use crate::logtag::LogFormat;
 use crate::logtag::{Stream, Tagger};
@@ -28,7 +34,7 @@ use crate::output;
 use crate::policy::Event;
 use crate::reaper::Registry;
 use crate::spawn;
-use crate::sys::{self, EventFd, ExitStatus};
+use crate::sys::{self, ExitStatus};
 use crate::view::LogStats;
 
 /// Bytes read from a child's pipe at a time.
@@ -38,6 +44,8 @@ pub const READ_SIZE: usize = 64 * 1024;
 const PIPE_SIZE: usize = 1 << 20;
 /// Pause before polling again after `poll` itself failed.
 const POLL_RETRY: Duration = Duration::from_millis(100);
+/// The longest a message waits while a child's pipe is open (see the module's documentation).
+const MAIL_EVERY: Duration = Duration::from_secs(1);
 
 pub enum Msg {
     Spawn {
@@ -55,14 +63,12 @@ pub enum Msg {
 #[derive(Clone)]
 pub struct Mailbox {
     tx: Sender<Msg>,
-    wake: Arc<EventFd>,
 }
 
 impl Mailbox {
     pub fn send(&self, msg: Msg) {
         // The receiver lives as long as the thread, which outlives every sender's use.
         let _ = self.tx.send(msg);
-        self.wake.wake();
     }
 }
 
@@ -78,7 +84,7 @@ pub struct Setup {
 
 pub fn start(setup: Setup) -> std::io::Result<(Mailbox, JoinHandle<()>)> {
     let (tx, rx) = unbounded();
-    let mailbox = Mailbox { tx, wake: Arc::new(EventFd::new()?) };
+    let mailbox = Mailbox { tx };
     let name = format!("region {}", setup.plan.name);
     let tagger = Tagger::new(setup.plan.name, setup.format, setup.max_line);
     let region = Region {
@@ -122,24 +128,22 @@ struct Region {
     poll_failing: bool,
 }
 
-/// What `poll` found readable.
+/// Which of the child's pipes `poll` found readable, indexed by `Stream`.
 #[derive(Debug, PartialEq)]
 struct Ready {
-    mailbox: bool,
-    /// Indexed by `Stream`.
     pipes: [bool; 2],
 }
 
 impl Ready {
-    /// From `poll`'s flags for the mailbox and then the pipes of `streams`. After a failed
-    /// `poll` the flags say nothing (they may be stale or missing), so everything may be ready.
+    /// From `poll`'s flags for the pipes of `streams`. After a failed `poll` the flags say
+    /// nothing (they may be stale or missing), so everything may be ready.
     fn from_poll(ok: bool, flags: &[bool], streams: &[Stream]) -> Ready {
         if !ok {
-            return Ready { mailbox: true, pipes: [true; 2] };
+            return Ready { pipes: [true; 2] };
         }
-        let mut ready = Ready { mailbox: flags.first() == Some(&true), pipes: [false; 2] };
+        let mut ready = Ready { pipes: [false; 2] };
         for (i, &stream) in streams.iter().enumerate() {
-            ready.pipes[stream as usize] = flags.get(1 + i) == Some(&true);
+            ready.pipes[stream as usize] = flags.get(i) == Some(&true);
         }
         ready
     }
@@ -150,9 +154,6 @@ impl Region {
         let mut buf = vec![0u8; READ_SIZE];
         loop {
             let ready = self.wait();
-            if ready.mailbox {
-                self.mailbox.wake.clear();
-            }
             if !self.handle_mail() {
                 return;
             }
@@ -170,23 +171,30 @@ impl Region {
         }
     }
 
-    /// Sleeps in `poll` until the mailbox or one of the child's pipes is readable.
+    /// Sleeps until a message comes (no pipe open), or in `poll` until one of the child's
+    /// pipes is readable or [`MAIL_EVERY`] has passed.
     ///
     /// `poll` retries EINTR itself; any other failure (ENOMEM, say) is logged once per run of
     /// failures and answered, after `POLL_RETRY`, with "everything may be ready": every
     /// descriptor here is non-blocking, so looking at each is harmless, and the region goes on
     /// at the pause's pace (it must not die: with `panic = "abort"` that would be PID 1).
     fn wait(&mut self) -> Ready {
-        let mut fds = [self.mailbox.wake.raw(); 3];
+        let mut fds = [0; 2];
         let mut streams = [Stream::Stdout; 2];
         let mut open = 0;
         for stream in Stream::BOTH {
             if let Some(fd) = self.pipe(stream) {
-                (fds[1 + open], streams[open]) = (fd, stream);
+                (fds[open], streams[open]) = (fd, stream);
                 open += 1;
             }
         }
-        let result = sys::poll_readable(&fds[..1 + open], &mut self.polled);
+        if open == 0 {
+            // Every sender lives as long as the supervisor's event loop, which sends `Quit`
+            // before it ends; a closed channel means the same.
+            self.deferred.push(self.rx.recv().unwrap_or(Msg::Quit));
+            return Ready { pipes: [false; 2] };
+        }
+        let result = sys::poll_readable(&fds[..open], MAIL_EVERY, &mut self.polled);
         match &result {
             Ok(()) if self.poll_failing => {
                 self.poll_failing = false;
@@ -240,6 +248,7 @@ impl Region {
 
     fn spawn(&mut self, generation: u64) {
         let result = (|| {
+            let _fds = accept::borrow(accept::SPAWN_FDS);
             let (out_read, out_write) = log_pipe()?;
             let (err_read, err_write) = log_pipe()?;
             let mut cmd = spawn::command(&self.setup.plan, out_write, err_write, sys::getpid());
@@ -381,20 +390,20 @@ mod tests {
 
     #[test]
     fn poll_flags_map_to_streams() {
-        let stderr_only = Ready::from_poll(true, &[false, true], &[Stream::Stderr]);
-        assert_eq!(stderr_only, Ready { mailbox: false, pipes: [false, true] });
-        let both = Ready::from_poll(true, &[true, true, false], &Stream::BOTH);
-        assert_eq!(both, Ready { mailbox: true, pipes: [true, false] });
-        assert_eq!(Ready::from_poll(true, &[true], &[]), Ready { mailbox: true, pipes: [false; 2] });
+        let stderr_only = Ready::from_poll(true, &[true], &[Stream::Stderr]);
+        assert_eq!(stderr_only, Ready { pipes: [false, true] });
+        let both = Ready::from_poll(true, &[true, false], &Stream::BOTH);
+        assert_eq!(both, Ready { pipes: [true, false] });
+        assert_eq!(Ready::from_poll(true, &[], &[]), Ready { pipes: [false; 2] });
     }
 
     #[test]
     fn a_failed_poll_means_look_at_everything() {
         // The first `poll` of a thread failing leaves no flags at all; a later one, stale flags.
-        let all = Ready { mailbox: true, pipes: [true; 2] };
+        let all = Ready { pipes: [true; 2] };
         assert_eq!(Ready::from_poll(false, &[], &Stream::BOTH), all);
-        assert_eq!(Ready::from_poll(false, &[false, false, false], &Stream::BOTH), all);
+        assert_eq!(Ready::from_poll(false, &[false, false], &Stream::BOTH), all);
         // Flags missing after a success cannot index out of bounds either.
-        assert_eq!(Ready::from_poll(true, &[], &Stream::BOTH), Ready { mailbox: false, pipes: [false; 2] });
+        assert_eq!(Ready::from_poll(true, &[], &Stream::BOTH), Ready { pipes: [false; 2] });
     }
 }

@@ -28,6 +28,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::accept;
 use crate::config::Config;
 use crate::exposition;
 use crate::families::{self, Family};
@@ -292,6 +293,7 @@ fn scrape_all(snap: &Snapshot, scrape: &Scrape) -> Vec<Option<Vec<exposition::Fa
                     if !running {
                         return None;
                     }
+                    let _fd = accept::borrow(1);
                     let response =
                         http_client::get(port, &scrape.path, scrape.timeout, SCRAPE_BODY_LIMIT).ok()?;
                     if response.status != 200 {
@@ -408,7 +410,10 @@ fn metrics(snap: &Snapshot, scrape: &Scrape) -> String {
         .zip(&scraped)
         .map(|(region, page)| Sample {
             region,
-            usage: region.pid.and_then(sys::proc_usage),
+            usage: region.pid.and_then(|pid| {
+                let _fd = accept::borrow(1);
+                sys::proc_usage(pid)
+            }),
             scraped: page.is_some(),
         })
         .collect();

@@ -61,7 +61,7 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
         let relays = start_relays(&config, preflight.relay_listeners, preflight.relay_workers, &events)?;
         Ok((regions, relays))
     });
-    let ((mailboxes, threads, stats), (relays, relay_stats)) = match started {
+    let ((mailboxes, threads, stats), (relay, relay_stats)) = match started {
         Ok(s) => s,
         Err(e) => {
             output::error(None, &e, &[]);
@@ -80,14 +80,14 @@ pub fn run(config: Config, preflight: Preflight, mut signals: Signals) -> Exit {
         }
     };
     // Once every listener and thread exists, so the budget counts what they hold.
-    accept::init(accept::reserve(config.regions.len()));
+    accept::init(config.regions.len());
 
     let names = config.regions.iter().map(|r| r.name).collect();
     let mut sup = Supervisor {
         policy: Policy::new(Settings::from_config(&config), names),
-        gates: vec![None; relays.len()],
+        gates: vec![None; relay_stats.len()],
         relays_stopped: false,
-        relays,
+        relay,
         config,
         mailboxes,
         registry,
@@ -136,36 +136,35 @@ fn start_regions(
     Ok((mailboxes, threads, all_stats))
 }
 
-/// Each region's relay workers, listening from now on (connections are held until ready).
+/// The relay workers, listening on every region's port from now on (connections are held
+/// until their region is ready).
 fn start_relays(
     config: &Config,
     listeners: Vec<std::net::TcpListener>,
     workers: usize,
     events: &Sender<Event>,
-) -> Result<(Vec<relay::Handle>, Vec<RelayStats>), String> {
-    let Some(settings) = &config.relay else { return Ok((Vec::new(), Vec::new())) };
-    let (mut handles, mut all_stats) = (Vec::new(), Vec::new());
+) -> Result<(Option<relay::Handle>, Vec<RelayStats>), String> {
+    let Some(settings) = &config.relay else { return Ok((None, Vec::new())) };
+    let (mut ports, mut all_stats) = (Vec::new(), Vec::new());
     for (region, (plan, listener)) in config.regions.iter().zip(listeners).enumerate() {
         let events = events.clone();
         let stats = Arc::new(relay::Stats::default());
         let requests = Arc::new(RequestStats::new(&config.health_path));
-        let setup = relay::Setup {
-            region: plan.name,
+        ports.push(relay::Port {
             listener,
             child_port: plan.child_port,
-            hold: settings.hold,
-            max_connections: settings.max_connections,
             stats: stats.clone(),
             requests: requests.clone(),
-            workers,
             demand: Arc::new(move || {
                 let _ = events.send(Event::Demand { region });
             }),
-        };
-        handles.push(relay::start(setup).map_err(|e| format!("{}: cannot start the relay: {e}", plan.name))?);
+        });
         all_stats.push((stats, requests));
     }
-    Ok((handles, all_stats))
+    let setup =
+        relay::Setup { ports, hold: settings.hold, max_connections: settings.max_connections, workers };
+    let handle = relay::start(setup).map_err(|e| format!("cannot start the relay: {e}"))?;
+    Ok((Some(handle), all_stats))
 }
 
 /// A relay's counters: connections and bytes, and the requests measured in them.
@@ -196,8 +195,9 @@ fn initial_view(config: &Config, stats: &[Arc<LogStats>], relay: &[RelayStats]) 
 
 struct Supervisor {
     policy: Policy,
-    relays: Vec<relay::Handle>,
-    /// The gate each relay was last told.
+    /// The relay workers (none with the relay off).
+    relay: Option<relay::Handle>,
+    /// The gate the relay was last told, per region.
     gates: Vec<Option<Gate>>,
     relays_stopped: bool,
     config: Config,
@@ -288,7 +288,10 @@ impl Supervisor {
         let (probe, path) = (self.config.probe, self.config.health_path.clone());
         let events = self.events.clone();
         let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
-            let result = probe.check(addr, &path, timeout);
+            let result = {
+                let _fd = accept::borrow(1);
+                probe.check(addr, &path, timeout)
+            };
             let _ = events.send(Event::Probed { region, generation, result });
         });
         if let Err(e) = spawned {
@@ -311,7 +314,7 @@ impl Supervisor {
         stats: &[Arc<LogStats>],
         exit: Exit,
     ) {
-        for relay in self.relays.drain(..) {
+        if let Some(relay) = self.relay.take() {
             relay.quit();
         }
         for mailbox in &self.mailboxes {
@@ -339,25 +342,26 @@ impl Supervisor {
         output::flush(Duration::from_secs(2));
     }
 
-    /// Tells each relay whether its region takes connections now, and all of them once the
-    /// supervisor stops.
+    /// Tells the relay whether each region takes connections now, and that every port closes
+    /// once the supervisor stops.
     fn steer_relays(&mut self) {
         if self.relays_stopped {
             return;
         }
         if self.policy.is_stopping() {
-            self.relays.iter().for_each(|r| r.send(Control::Stop));
+            self.relay.iter().for_each(|r| r.send(Control::Stop));
             self.relays_stopped = true;
             return;
         }
-        for (i, r) in self.policy.regions.iter().enumerate().take(self.relays.len()) {
+        let Some(relay) = &self.relay else { return };
+        for (i, r) in self.policy.regions.iter().enumerate() {
             let gate = match () {
                 _ if r.takes_connections() => Gate::Open,
                 _ if r.wakes_on_connection() => Gate::Idle,
                 _ => Gate::Hold,
             };
             if self.gates[i] != Some(gate) {
-                self.relays[i].send(Control::Gate(gate));
+                relay.send(Control::Gate(i, gate));
                 self.gates[i] = Some(gate);
             }
         }

@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// How a child ended, as `waitpid` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,13 +235,15 @@ impl EventFd {
     }
 }
 
-/// Waits until one of `fds` is readable (or hung up). Returns which ones, in order.
-pub fn poll_readable(fds: &[RawFd], ready: &mut Vec<bool>) -> io::Result<()> {
+/// Waits until one of `fds` is readable (or hung up), or `timeout` has passed. Returns which
+/// ones, in order (none after the timeout).
+pub fn poll_readable(fds: &[RawFd], timeout: Duration, ready: &mut Vec<bool>) -> io::Result<()> {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     loop {
         // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
         if n >= 0 {
             break;
         }
@@ -347,10 +350,14 @@ pub struct Ready {
     pub writable: bool,
     /// An error or hang-up is pending; the next read or write says which.
     pub broken: bool,
+    /// The peer has shut down its sending side (reported where [`WANT_PEER_CLOSE`] was asked).
+    pub peer_closed: bool,
 }
 
 pub const WANT_READ: u32 = libc::EPOLLIN as u32;
 pub const WANT_WRITE: u32 = libc::EPOLLOUT as u32;
+/// Report the peer shutting down its sending side (`Ready::peer_closed`).
+pub const WANT_PEER_CLOSE: u32 = libc::EPOLLRDHUP as u32;
 /// Wake one of the epolls waiting on this descriptor, not all (a listener shared by threads).
 pub const EXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
 
@@ -392,7 +399,7 @@ impl Epoll {
         &self,
         raw: &mut [libc::epoll_event],
         out: &mut Vec<Ready>,
-        timeout: Option<std::time::Duration>,
+        timeout: Option<Duration>,
     ) -> io::Result<()> {
         // Round up, so a deadline 0.3 ms away does not turn into a busy loop of 0 ms waits.
         let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
@@ -411,6 +418,7 @@ impl Epoll {
                 readable: events & WANT_READ != 0,
                 writable: events & WANT_WRITE != 0,
                 broken: events & err != 0,
+                peer_closed: events & WANT_PEER_CLOSE != 0,
             }
         }));
         Ok(())
@@ -598,7 +606,7 @@ mod tests {
         assert!(!e.clear());
         e.wake();
         let mut ready = Vec::new();
-        poll_readable(&[e.raw()], &mut ready).unwrap();
+        poll_readable(&[e.raw()], Duration::from_secs(5), &mut ready).unwrap();
         assert_eq!(ready, [true]);
         assert!(e.clear());
     }

@@ -26,7 +26,7 @@ use crate::accept::Permit;
 use crate::sys::{self, EventFd};
 
 /// Descriptors an internal connection costs (see the module doc).
-const BACKEND_FDS: usize = 3;
+pub const BACKEND_FDS: usize = 3;
 /// The longest single wait of a blocking read or write.
 const SLICE: Duration = Duration::from_millis(100);
 /// How long a refusal of ours may take to be written.
@@ -120,7 +120,7 @@ impl Forwarder {
 
     fn serve(&self, client: &mut TcpStream, h: Head, buf: &mut [u8], head: &mut Vec<u8>) -> Outcome {
         let deadline = Instant::now() + self.answer_timeout;
-        let Some(_fds) = Permit::take(BACKEND_FDS) else { return Outcome::Refused(Refusal::Unavailable) };
+        let Some(_fds) = Permit::take(BACKEND_FDS, 0) else { return Outcome::Refused(Refusal::Unavailable) };
         // The front saw the whole head in the socket: these reads do not wait.
         if !self.read_exact(client, &mut buf[..h.len], deadline) {
             return Outcome::Broken;

@@ -65,7 +65,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::accept::{self, Accepted};
 use crate::output;
-use crate::sys::{self, Epoll, EventFd, Ready, EDGE, WANT_READ, WANT_WRITE};
+use crate::sys::{self, Epoll, EventFd, Ready, EDGE, WANT_PEER_CLOSE, WANT_READ, WANT_WRITE};
 use forward::{Back, Conn, Forwarder, Job};
 use head::{Lane, Refusal, Verdict, HEAD_LIMIT};
 
@@ -98,6 +98,9 @@ const SWEEP: Duration = Duration::from_millis(100);
 const ACCEPT_BATCH: usize = 64;
 /// Descriptors a connection holds while it waits: its socket.
 const FDS_PER_CONNECTION: usize = 1;
+/// Descriptors a request being answered holds: the client's socket and the internal
+/// connection to tiny_http.
+pub const REQUEST_FDS: usize = FDS_PER_CONNECTION + forward::BACKEND_FDS;
 
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
@@ -197,6 +200,8 @@ struct Reading {
     writable: bool,
     /// The last look found a complete head; it waits for `writable`.
     complete: bool,
+    /// The client has shut down its sending side: a head not complete now never will be.
+    peer_closed: bool,
 }
 
 impl Reading {
@@ -208,6 +213,7 @@ impl Reading {
             recheck: false,
             writable: false,
             complete: false,
+            peer_closed: false,
         }
     }
 }
@@ -319,7 +325,7 @@ impl Front {
             if self.live() >= MAX_CONNECTIONS && !self.evict() {
                 return;
             }
-            match accept::accept_one(fd, FDS_PER_CONNECTION) {
+            match accept::accept_one(fd, FDS_PER_CONNECTION, 0) {
                 Accepted::Conn(fd, permit) => {
                     evicted = false;
                     self.insert(Conn { fd, _permit: permit }, State::Reading(Reading::new(now)));
@@ -372,7 +378,7 @@ impl Front {
             self.slots.len() - 1
         });
         let events = match state {
-            State::Reading(_) => WANT_READ | WANT_WRITE | EDGE,
+            State::Reading(_) => WANT_READ | WANT_WRITE | WANT_PEER_CLOSE | EDGE,
             State::Linger { .. } => WANT_READ,
         };
         if self.epoll.add(conn.fd.as_raw_fd(), events, slot as u64).is_err() {
@@ -388,7 +394,11 @@ impl Front {
         match &mut s.state {
             State::Reading(reading) => {
                 reading.writable |= r.writable;
-                let look = r.broken || reading.seen < RECHECK_FROM || (reading.complete && reading.writable);
+                reading.peer_closed |= r.peer_closed;
+                let look = r.broken
+                    || r.peer_closed
+                    || reading.seen < RECHECK_FROM
+                    || (reading.complete && reading.writable);
                 if look {
                     self.look(slot, now);
                 } else if r.readable {
@@ -416,6 +426,8 @@ impl Front {
         };
         reading.seen = n;
         match head::judge(&self.buf[..n]) {
+            // Its descriptor is worth more to the next client than a wait for the head timeout.
+            Verdict::Partial if reading.peer_closed => self.close(slot),
             Verdict::Partial => {}
             Verdict::Complete(head) => {
                 reading.complete = true;

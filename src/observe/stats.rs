@@ -83,7 +83,7 @@ struct Counters {
     durations: HashMap<(Protocol, Method), Histogram>,
 }
 
-/// Per-region request counters: written by that region's relay workers, read by the HTTP server.
+/// Per-region request counters: written by the relay workers, read by the HTTP server.
 pub struct RequestStats {
     health_path: Box<[u8]>,
     in_flight: AtomicI64,

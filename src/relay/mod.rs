@@ -2,18 +2,18 @@
 //! with every TCP connection copied byte for byte to the region's child on
 //! 127.0.0.1:<child port> (the real plugin binds loopback only).
 //!
-//! Thread model: each region has its own relay workers, one per core up to [`MAX_WORKERS`].
-//! A worker is a thread that owns the connections it accepted and sleeps in one `epoll` on
-//! them, its mailbox's eventfd and the region's listener, which all the region's workers share
-//! (registered with `EPOLLEXCLUSIVE`, so a new client wakes one idle worker, not all). That
-//! keeps a region's relay independent of every other region's, costs a few hundred bytes per
-//! idle connection instead of a thread and its stack, and leaves the copy a plain read/write
-//! loop whose bytes the request observer can see. More than one worker per region because a
-//! new connection's cost is almost all kernel work (the loopback handshake and teardown run
-//! in the thread that connects and closes): one thread per region caps a busy region at one
-//! core. The supervisor thread tells every worker what its region is doing (`Gate`) and when
-//! to stop; the workers only ever write the region's `Stats` (atomics) and its count of live
-//! connections, which holds the region's cap across them.
+//! Thread model: a few relay workers serve every region's port, one worker per core up to
+//! [`MAX_WORKERS`] (fewer where the open-file limit is low). A worker is a thread that owns the
+//! connections it accepted and sleeps in one `epoll` on them, its mailbox's eventfd and every
+//! region's listener, which all the workers share (registered with `EPOLLEXCLUSIVE`, so a new
+//! client wakes one idle worker, not all). That costs a few hundred bytes per idle connection
+//! instead of a thread and its stack, two descriptors per worker whatever the number of
+//! regions, and leaves the copy a plain read/write loop whose bytes the request observer can
+//! see. More than one worker because a new connection's cost is almost all kernel work (the
+//! loopback handshake and teardown run in the thread that connects and closes): one thread
+//! caps the relay at one core. The supervisor thread tells every worker what each region is
+//! doing (`Gate`) and when to stop; the workers only ever write a region's `Stats` (atomics)
+//! and its count of live connections, which holds the region's cap across them.
 //!
 //! A connection's life: accepted (within the region's cap and the process-wide descriptor
 //! budget, see `accept.rs`); if the region is open (ready, or running with a failed probe) it is
@@ -52,38 +52,44 @@ pub enum Gate {
     Hold,
     /// Ready (or running with a failed probe): connect at once.
     Open,
-    /// Idle (on demand): hold new connections and tell the supervisor once (`Setup::demand`),
+    /// Idle (on demand): hold new connections and tell the supervisor once (`Port::demand`),
     /// which starts the region.
     Idle,
 }
 
 #[derive(Clone, Copy)]
 pub enum Control {
-    Gate(Gate),
-    /// The first stop signal: close the listener and every held connection; connected ones
+    /// What the region of a port (its index in `Setup::ports`) is doing now.
+    Gate(usize, Gate),
+    /// The first stop signal: close the listeners and every held connection; connected ones
     /// flow on while the children shut down.
     Stop,
-    /// The children are gone (or the grace is over): close everything and end the thread.
+    /// The children are gone (or the grace is over): close everything and end the threads.
     Quit,
 }
 
-pub struct Setup {
-    pub region: &'static str,
+/// One region's port.
+pub struct Port {
     pub listener: TcpListener,
     pub child_port: u16,
-    pub hold: Duration,
-    pub max_connections: usize,
     pub stats: Arc<Stats>,
     /// The region's request counters (SPEC "Request metrics"), fed by each connection's observer.
     pub requests: Arc<RequestStats>,
-    /// Threads sharing the region's listener (at least one).
-    pub workers: usize,
     /// Called when a connection arrives while the region is idle (at most once per worker and
     /// idle period): the supervisor then starts the region.
     pub demand: Arc<dyn Fn() + Send + Sync>,
 }
 
-/// How the supervisor thread reaches a region's relay workers.
+pub struct Setup {
+    pub ports: Vec<Port>,
+    pub hold: Duration,
+    /// Connections per region at once.
+    pub max_connections: usize,
+    /// Threads sharing the ports (at least one).
+    pub workers: usize,
+}
+
+/// How the supervisor thread reaches the relay workers.
 pub struct Handle {
     workers: Vec<Worker>,
 }
@@ -111,19 +117,20 @@ impl Handle {
     }
 }
 
-/// Relay workers per region at most (one per core up to this).
+/// Relay workers at most (one per core up to this).
 pub const MAX_WORKERS: usize = 4;
 
-/// Workers for each region on this machine: one per core the process may use, within
-/// [`MAX_WORKERS`].
+/// Workers on this machine: one per core the process may use, within [`MAX_WORKERS`].
 pub fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS)
 }
 
+/// Descriptors a worker holds: its epoll and its wake-up.
+pub const FDS_PER_WORKER: usize = 2;
 /// Bytes one read takes; also the most a direction ever keeps pending.
 const READ_SIZE: usize = 64 * 1024;
 /// Descriptors a connection holds: the client's socket and the child's.
-const FDS_PER_CONNECTION: usize = 2;
+pub const FDS_PER_CONNECTION: usize = 2;
 /// Held connections a region releases per [`RELEASE_EVERY`] at most (each worker its share of
 /// them), so a returning child is not hit by all of them in the same millisecond.
 const RELEASE_BATCH: usize = 16;
@@ -134,57 +141,101 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadlines (hold, half-closed, linger, connect) are checked this often.
 const SWEEP: Duration = Duration::from_millis(100);
-/// Clients accepted per readiness report of the listener (the rest on the next turn).
+/// Clients accepted per readiness report of a listener (the rest on the next turn).
 const ACCEPT_BATCH: usize = 64;
+/// Running short of descriptors is logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
-const LISTENER: u64 = u64::MAX;
-const WAKE: u64 = u64::MAX - 1;
+const WAKE: u64 = u64::MAX;
+/// A listener's token: this bit and its port's index (a connection's token never has it).
+const LISTENER: u64 = 1 << 63;
 
 pub fn start(setup: Setup) -> std::io::Result<Handle> {
-    setup.listener.set_nonblocking(true)?;
-    // Accepted sockets inherit TCP_NODELAY from the listener: one call fewer per connection.
-    sys::nodelay_for_accepted(&setup.listener)?;
-    let workers = (0..setup.workers.max(1))
-        .map(|_| start_worker(&setup, setup.listener.try_clone()?))
+    let Setup { ports, hold, max_connections, workers } = setup;
+    let mut targets = Vec::with_capacity(ports.len());
+    for p in ports {
+        p.listener.set_nonblocking(true)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener: one call fewer per connection.
+        sys::nodelay_for_accepted(&p.listener)?;
+        let target =
+            Target { child_port: p.child_port, stats: p.stats, requests: p.requests, demand: p.demand };
+        targets.push((Arc::new(target), Arc::new(p.listener)));
+    }
+    let workers = workers.max(1);
+    let release_batch = (RELEASE_BATCH / workers).max(1);
+    let workers = (1..=workers)
+        .map(|n| start_worker(n, &targets, hold, max_connections, release_batch))
         .collect::<std::io::Result<_>>()?;
     Ok(Handle { workers })
 }
 
-fn start_worker(setup: &Setup, listener: TcpListener) -> std::io::Result<Worker> {
+fn start_worker(
+    n: usize,
+    targets: &[(Arc<Target>, Arc<TcpListener>)],
+    hold: Duration,
+    max: usize,
+    release_batch: usize,
+) -> std::io::Result<Worker> {
     let (tx, rx) = unbounded();
     let wake = Arc::new(EventFd::new()?);
     let epoll = Epoll::new()?;
     epoll.add(wake.raw(), WANT_READ, WAKE)?;
-    let name = format!("relay {}", setup.region);
+    let now = Instant::now();
+    let lanes = targets
+        .iter()
+        .map(|(target, listener)| Lane {
+            target: target.clone(),
+            listener: Some(listener.clone()),
+            listening: false,
+            gate: Gate::Hold,
+            demanded: false,
+            waiting: VecDeque::new(),
+            next_release: now,
+        })
+        .collect();
     let relay = Relay {
-        listener: Some(listener),
-        listening: false,
+        lanes,
         paused_until: None,
+        warned: None,
         epoll,
         rx,
         wake: wake.clone(),
-        gate: Gate::Hold,
-        demanded: false,
-        demand: setup.demand.clone(),
         stopping: false,
         conns: Vec::new(),
         free: Vec::new(),
         freed: Vec::new(),
-        waiting: VecDeque::new(),
-        child_port: setup.child_port,
-        hold: setup.hold,
-        max: setup.max_connections,
-        release_batch: (RELEASE_BATCH / setup.workers.max(1)).max(1),
-        next_release: Instant::now(),
-        stats: setup.stats.clone(),
-        requests: setup.requests.clone(),
-        region: setup.region,
-        last_sweep: Instant::now(),
+        hold,
+        max,
+        release_batch,
+        last_sweep: now,
         deadlines: false,
         buf: vec![0u8; READ_SIZE],
     };
-    let thread = std::thread::Builder::new().name(name).spawn(move || relay.run())?;
+    let thread = std::thread::Builder::new().name(format!("relay {n}")).spawn(move || relay.run())?;
     Ok(Worker { tx, wake, thread })
+}
+
+/// A region's port as every worker sees it: what never changes.
+struct Target {
+    child_port: u16,
+    stats: Arc<Stats>,
+    requests: Arc<RequestStats>,
+    demand: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// A region's port in one worker.
+struct Lane {
+    target: Arc<Target>,
+    /// Shared by every worker; `None` once stopping (the last worker to let go closes it).
+    listener: Option<Arc<TcpListener>>,
+    listening: bool,
+    gate: Gate,
+    /// The supervisor was told of a connection in this idle period.
+    demanded: bool,
+    /// Held connections, oldest first.
+    waiting: VecDeque<usize>,
+    /// No release before this (the last batch's time plus [`RELEASE_EVERY`]).
+    next_release: Instant,
 }
 
 enum State {
@@ -208,6 +259,8 @@ enum State {
 }
 
 struct Conn {
+    /// Its port's index in `Relay::lanes`.
+    lane: usize,
     client: Option<OwnedFd>,
     state: State,
     held_until: Instant,
@@ -217,35 +270,26 @@ struct Conn {
 }
 
 struct Relay {
-    listener: Option<TcpListener>,
-    listening: bool,
+    lanes: Vec<Lane>,
+    /// Accepting is paused (descriptors ran short) until then, or until one of this worker's
+    /// connections closes, on every port.
     paused_until: Option<Instant>,
+    /// When running short was last logged.
+    warned: Option<Instant>,
     epoll: Epoll,
     rx: Receiver<Control>,
     wake: Arc<EventFd>,
-    gate: Gate,
-    /// The supervisor was told of a connection in this idle period.
-    demanded: bool,
-    demand: Arc<dyn Fn() + Send + Sync>,
     stopping: bool,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     /// Slots closed during this turn; reused only after it, so a late report of a closed
     /// socket never reaches a new connection.
     freed: Vec<usize>,
-    /// Held connections, oldest first.
-    waiting: VecDeque<usize>,
-    child_port: u16,
     hold: Duration,
     max: usize,
-    /// Held connections this worker releases per [`RELEASE_EVERY`]: its share of
+    /// Held connections of a region this worker releases per [`RELEASE_EVERY`]: its share of
     /// [`RELEASE_BATCH`].
     release_batch: usize,
-    /// No release before this (the last batch's time plus [`RELEASE_EVERY`]).
-    next_release: Instant,
-    stats: Arc<Stats>,
-    requests: Arc<RequestStats>,
-    region: &'static str,
     last_sweep: Instant,
     /// The thread's one read buffer, shared by all its connections.
     buf: Vec<u8>,
@@ -281,10 +325,10 @@ impl Relay {
         let mut raw = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut ready = Vec::new();
         loop {
-            self.sync_listener();
+            self.sync_listeners();
             let timeout = self.timeout();
             if let Err(e) = self.epoll.wait(&mut raw, &mut ready, timeout) {
-                output::error(Some(self.region), &format!("relay: epoll failed: {e}"), &[]);
+                output::error(None, &format!("relay: epoll failed: {e}"), &[]);
                 std::thread::sleep(accept::PAUSE);
                 continue;
             }
@@ -294,7 +338,7 @@ impl Relay {
                     WAKE => {
                         self.wake.clear();
                     }
-                    LISTENER => self.accept(now),
+                    t if t & LISTENER != 0 => self.accept((t & !LISTENER) as usize, now),
                     t => self.on_ready(r, t, now),
                 }
             }
@@ -313,22 +357,25 @@ impl Relay {
     fn control(&mut self, now: Instant) -> bool {
         while let Ok(c) = self.rx.try_recv() {
             match c {
-                Control::Gate(g) => {
-                    if g == Gate::Idle && self.gate != Gate::Idle {
-                        self.demanded = false;
+                Control::Gate(lane, g) => {
+                    let Some(l) = self.lanes.get_mut(lane) else { continue };
+                    if g == Gate::Idle && l.gate != Gate::Idle {
+                        l.demanded = false;
                     }
-                    self.gate = g;
+                    l.gate = g;
                     // Connections held while the region went idle start it again.
-                    if g == Gate::Idle && !self.waiting.is_empty() {
-                        self.wake_region();
+                    if g == Gate::Idle && !l.waiting.is_empty() {
+                        self.wake_region(lane);
                     }
                 }
                 Control::Stop => self.stop(now),
                 Control::Quit => {
                     // `close` takes open ones off `active`; the held ones come off here. (Not
-                    // a store of 0: the region's other workers may be subtracting theirs.)
-                    self.stats.held.fetch_sub(self.waiting.len() as u64, Relaxed);
-                    self.waiting.clear();
+                    // a store of 0: the other workers may be subtracting theirs.)
+                    for l in &mut self.lanes {
+                        l.target.stats.held.fetch_sub(l.waiting.len() as u64, Relaxed);
+                        l.waiting.clear();
+                    }
                     for slot in 0..self.conns.len() {
                         self.close(slot);
                     }
@@ -341,14 +388,17 @@ impl Relay {
 
     fn stop(&mut self, now: Instant) {
         self.stopping = true;
-        if let Some(l) = self.listener.take() {
-            if self.listening {
-                let _ = self.epoll.delete(l.as_raw_fd());
+        for lane in 0..self.lanes.len() {
+            let l = &mut self.lanes[lane];
+            if let Some(listener) = l.listener.take() {
+                if l.listening {
+                    let _ = self.epoll.delete(listener.as_raw_fd());
+                }
             }
-        }
-        while let Some(slot) = self.waiting.pop_front() {
-            self.stats.held.fetch_sub(1, Relaxed);
-            self.reject(slot, Reject::Stopping, now);
+            while let Some(slot) = self.lanes[lane].waiting.pop_front() {
+                self.lanes[lane].target.stats.held.fetch_sub(1, Relaxed);
+                self.reject(slot, Reject::Stopping, now);
+            }
         }
         // A connection that has not carried a byte is closed now, as an idle one: the plugin's
         // graceful stop (Go's net/http Shutdown) waits for a connection that has sent no
@@ -364,19 +414,21 @@ impl Relay {
         }
     }
 
-    /// Listens while there is room, descriptors and no pause.
-    fn sync_listener(&mut self) {
-        let Some(l) = &self.listener else { return };
+    /// Listens on each port while its region has room, and descriptors are not short.
+    fn sync_listeners(&mut self) {
         let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
-        let want = self.stats.live.load(Relaxed) < self.max && !paused;
-        if want != self.listening {
-            let r = if want {
-                self.epoll.add(l.as_raw_fd(), WANT_READ | sys::EXCLUSIVE, LISTENER)
-            } else {
-                self.epoll.delete(l.as_raw_fd())
-            };
-            if r.is_ok() {
-                self.listening = want;
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let Some(l) = &lane.listener else { continue };
+            let want = !paused && lane.target.stats.live.load(Relaxed) < self.max;
+            if want != lane.listening {
+                let r = if want {
+                    self.epoll.add(l.as_raw_fd(), WANT_READ | sys::EXCLUSIVE, LISTENER | i as u64)
+                } else {
+                    self.epoll.delete(l.as_raw_fd())
+                };
+                if r.is_ok() {
+                    lane.listening = want;
+                }
             }
         }
         if !paused {
@@ -391,31 +443,34 @@ impl Relay {
         if let Some(p) = self.paused_until {
             at(p.saturating_duration_since(now));
         }
-        if self.gate == Gate::Open && !self.waiting.is_empty() {
-            at(Duration::from_millis(1));
+        if self.lanes.iter().any(|l| l.gate == Gate::Open && !l.waiting.is_empty()) {
+            at(RELEASE_EVERY);
         }
         if self.deadlines {
             at((self.last_sweep + SWEEP).saturating_duration_since(now));
         }
-        if self.listener.is_some() && !self.listening {
-            // At the region's cap: another worker may free room without this one hearing of it.
+        if self.lanes.iter().any(|l| l.listener.is_some() && !l.listening) {
+            // At a region's cap: another worker may free room without this one hearing of it.
             at(SWEEP);
         }
         t
     }
 
-    fn accept(&mut self, now: Instant) {
-        let Some(l) = &self.listener else { return };
-        let fd = l.as_raw_fd();
+    fn accept(&mut self, lane: usize, now: Instant) {
+        let Some(fd) = self.lanes.get(lane).and_then(|l| l.listener.as_ref()).map(|l| l.as_raw_fd()) else {
+            return;
+        };
         for _ in 0..ACCEPT_BATCH {
-            if !self.reserve() {
+            let target = self.lanes[lane].target.clone();
+            if !self.reserve(&target) {
                 return;
             }
-            match accept::accept_one(fd, FDS_PER_CONNECTION) {
+            match accept::accept_one(fd, FDS_PER_CONNECTION, crate::front::REQUEST_FDS) {
                 Accepted::Conn(client, permit) => {
-                    self.stats.accepted.fetch_add(1, Relaxed);
+                    target.stats.accepted.fetch_add(1, Relaxed);
                     let state = State::Held { until: now + self.hold, not_before: now };
                     let conn = Conn {
+                        lane,
                         client: Some(client),
                         state,
                         held_until: now + self.hold,
@@ -423,44 +478,57 @@ impl Relay {
                         _permit: permit,
                     };
                     let slot = self.insert(conn);
-                    match self.gate {
+                    match self.lanes[lane].gate {
                         Gate::Open => self.connect(slot, now),
                         Gate::Hold => self.hold(slot),
                         Gate::Idle => {
                             self.hold(slot);
-                            self.wake_region();
+                            self.wake_region(lane);
                         }
                     }
                 }
                 Accepted::Empty => {
-                    self.stats.live.fetch_sub(1, AcqRel);
+                    target.stats.live.fetch_sub(1, AcqRel);
                     return;
                 }
                 Accepted::Pause(why) => {
-                    self.stats.live.fetch_sub(1, AcqRel);
-                    if self.paused_until.is_none() {
-                        output::warn(Some(self.region), &format!("relay: not accepting for now: {why}"), &[]);
-                    }
-                    self.paused_until = Some(now + accept::PAUSE);
-                    if self.listening && self.epoll.delete(fd).is_ok() {
-                        self.listening = false;
-                    }
-                    return;
+                    target.stats.live.fetch_sub(1, AcqRel);
+                    return self.pause(why, now);
+                }
+            }
+        }
+    }
+
+    /// Descriptors ran short: no port accepts for [`accept::PAUSE`], or until a connection of
+    /// this worker closes (under a low limit that is what frees descriptors, and a client that
+    /// waits in the listen queue should not wait a whole pause for it). Logged at most every
+    /// [`WARN_EVERY`].
+    fn pause(&mut self, why: std::io::Error, now: Instant) {
+        if self.warned.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+            self.warned = Some(now);
+            output::warn(None, &format!("relay: not accepting for now: {why}"), &[]);
+        }
+        self.paused_until = Some(now + accept::PAUSE);
+        for lane in &mut self.lanes {
+            if let (true, Some(l)) = (lane.listening, &lane.listener) {
+                if self.epoll.delete(l.as_raw_fd()).is_ok() {
+                    lane.listening = false;
                 }
             }
         }
     }
 
     /// Counts one more connection for the region, unless that would pass its cap.
-    fn reserve(&self) -> bool {
-        self.stats.live.fetch_update(AcqRel, Acquire, |n| (n < self.max).then_some(n + 1)).is_ok()
+    fn reserve(&self, target: &Target) -> bool {
+        target.stats.live.fetch_update(AcqRel, Acquire, |n| (n < self.max).then_some(n + 1)).is_ok()
     }
 
     /// Tells the supervisor, once per idle period, that the idle region has a connection.
-    fn wake_region(&mut self) {
-        if !self.demanded {
-            self.demanded = true;
-            (self.demand)();
+    fn wake_region(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        if !l.demanded {
+            l.demanded = true;
+            (l.target.demand)();
         }
     }
 
@@ -477,41 +545,53 @@ impl Relay {
         }
     }
 
-    fn hold(&mut self, slot: usize) {
-        self.deadlines = true;
-        self.stats.held.fetch_add(1, Relaxed);
-        self.waiting.push_back(slot);
+    /// The port's index of a live slot.
+    fn lane_of(&self, slot: usize) -> usize {
+        self.conns[slot].as_ref().expect("live slot").lane
     }
 
-    /// Connects held connections while the region is open, a batch per turn, oldest first.
+    fn hold(&mut self, slot: usize) {
+        let lane = &mut self.lanes[self.conns[slot].as_ref().expect("live slot").lane];
+        self.deadlines = true;
+        lane.target.stats.held.fetch_add(1, Relaxed);
+        lane.waiting.push_back(slot);
+    }
+
+    /// Connects held connections of the regions that are open, a batch per region and turn,
+    /// oldest first.
     fn release(&mut self, now: Instant) {
-        if self.gate != Gate::Open || now < self.next_release {
-            return;
-        }
-        for _ in 0..self.release_batch {
-            let Some(&slot) = self.waiting.front() else { return };
-            let due = match self.conns[slot].as_ref().map(|c| &c.state) {
-                Some(State::Held { not_before, .. }) => *not_before <= now,
-                _ => true,
-            };
-            if !due {
-                return;
+        for lane in 0..self.lanes.len() {
+            let l = &self.lanes[lane];
+            if l.gate != Gate::Open || l.waiting.is_empty() || now < l.next_release {
+                continue;
             }
-            self.next_release = now + RELEASE_EVERY;
-            self.waiting.pop_front();
-            self.stats.held.fetch_sub(1, Relaxed);
-            if matches!(self.conns[slot].as_ref().map(|c| &c.state), Some(State::Held { .. })) {
-                self.connect(slot, now);
+            for _ in 0..self.release_batch {
+                let Some(&slot) = self.lanes[lane].waiting.front() else { break };
+                let due = match self.conns[slot].as_ref().map(|c| &c.state) {
+                    Some(State::Held { not_before, .. }) => *not_before <= now,
+                    _ => true,
+                };
+                if !due {
+                    break;
+                }
+                let l = &mut self.lanes[lane];
+                l.next_release = now + RELEASE_EVERY;
+                l.waiting.pop_front();
+                l.target.stats.held.fetch_sub(1, Relaxed);
+                if matches!(self.conns[slot].as_ref().map(|c| &c.state), Some(State::Held { .. })) {
+                    self.connect(slot, now);
+                }
             }
         }
     }
 
     fn connect(&mut self, slot: usize, now: Instant) {
-        match sys::connect_loopback(self.child_port) {
+        let port = self.lanes[self.lane_of(slot)].target.child_port;
+        match sys::connect_loopback(port) {
             Ok((child, true)) => self.opened(slot, child, now),
-            Ok((child, false)) => match sys::connect_finished(child.as_raw_fd(), self.child_port) {
+            Ok((child, false)) => match sys::connect_finished(child.as_raw_fd(), port) {
                 Some(Ok(())) => self.opened(slot, child, now),
-                Some(Err(e)) => self.connect_failed(slot, e, now),
+                Some(Err(_)) => self.connect_failed(slot, now),
                 None => {
                     let conn = self.conns[slot].as_mut().expect("live slot");
                     conn.state = State::Connecting { child, until: now + CONNECT_TIMEOUT };
@@ -519,13 +599,14 @@ impl Relay {
                     self.sync(slot);
                 }
             },
-            Err(e) => self.connect_failed(slot, e, now),
+            Err(_) => self.connect_failed(slot, now),
         }
     }
 
     /// A refused or failed connect: hold the connection again while its hold time lasts (the
-    /// child may be restarting), else give up on it.
-    fn connect_failed(&mut self, slot: usize, why: std::io::Error, now: Instant) {
+    /// child may be restarting), else give up on it (counted as a connect error; the region's
+    /// state, from its probes, says why better than one connect's errno).
+    fn connect_failed(&mut self, slot: usize, now: Instant) {
         let conn = self.conns[slot].as_mut().expect("live slot");
         let until = conn.held_until;
         if now + RETRY_PAUSE < until && !self.stopping {
@@ -533,24 +614,24 @@ impl Relay {
             self.sync(slot);
             self.hold(slot);
         } else {
-            let _ = why;
             self.reject(slot, Reject::ConnectError, now);
         }
     }
 
     fn opened(&mut self, slot: usize, child: OwnedFd, now: Instant) {
+        let target = self.lanes[self.lane_of(slot)].target.clone();
         let conn = self.conns[slot].as_mut().expect("live slot");
         let client = conn.client.take().expect("a connecting connection has its client");
-        let observer = Box::new(Observer::new(self.requests.clone()));
+        let observer = Box::new(Observer::new(target.requests.clone()));
         conn.state = State::Open(Duplex::new(client, child, now), observer);
-        self.stats.active.fetch_add(1, Relaxed);
+        target.stats.active.fetch_add(1, Relaxed);
         // The client has most likely sent its first bytes already: pass them on now rather
         // than after another turn of epoll. (Not while a readiness report holds the buffer:
         // then epoll reports the client's bytes on the next turn.)
         let mut buf = std::mem::take(&mut self.buf);
         let step = match self.conns[slot].as_mut().map(|c| &mut c.state) {
             Some(State::Open(d, observer)) if !buf.is_empty() => {
-                let mut watch = Counter { stats: &self.stats, observer, now };
+                let mut watch = Counter { stats: &target.stats, observer, now };
                 d.on_ready(Side::Client, true, false, &mut buf, &mut watch, now)
             }
             _ => Step::Go,
@@ -562,8 +643,8 @@ impl Relay {
     /// Closes a connection that reached no child: FIN first, then a short linger.
     fn reject(&mut self, slot: usize, why: Reject, now: Instant) {
         self.deadlines = true;
-        self.stats.reject(why);
         let Some(conn) = self.conns[slot].as_mut() else { return };
+        self.lanes[conn.lane].target.stats.reject(why);
         if let Some(c) = &conn.client {
             sys::shutdown_write(c.as_raw_fd());
         }
@@ -581,17 +662,18 @@ impl Relay {
         let slot = (token >> 1) as usize;
         let side = if token & 1 == 1 { Side::Child } else { Side::Client };
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        let target = &self.lanes[conn.lane].target;
         match &mut conn.state {
             State::Open(d, observer) => {
                 let wanted = d.wanted(side);
                 let readable = (r.readable || r.broken) && wanted & WANT_READ != 0;
                 let writable = (r.writable || r.broken) && wanted & sys::WANT_WRITE != 0;
-                let mut watch = Counter { stats: &self.stats, observer, now };
+                let mut watch = Counter { stats: &target.stats, observer, now };
                 let step = d.on_ready(side, readable, writable, buf, &mut watch, now);
                 self.after(slot, step, now);
             }
             State::Connecting { child, .. } if side == Side::Child => {
-                match sys::connect_finished(child.as_raw_fd(), self.child_port) {
+                match sys::connect_finished(child.as_raw_fd(), target.child_port) {
                     None => {}
                     Some(Ok(())) => {
                         let State::Connecting { child, .. } =
@@ -602,9 +684,9 @@ impl Relay {
                         // Still registered (for writing): `sync` turns that into reading.
                         self.opened(slot, child, now);
                     }
-                    Some(Err(e)) => {
+                    Some(Err(_)) => {
                         conn.state = State::Moving;
-                        self.connect_failed(slot, e, now);
+                        self.connect_failed(slot, now);
                     }
                 }
             }
@@ -629,7 +711,7 @@ impl Relay {
             Step::Reset => {
                 if let Some(State::Open(d, mut observer)) = self.take_state(slot) {
                     observer.end(now);
-                    self.stats.active.fetch_sub(1, Relaxed);
+                    self.lanes[self.lane_of(slot)].target.stats.active.fetch_sub(1, Relaxed);
                     duplex::reset(d);
                 }
                 self.close(slot);
@@ -637,8 +719,8 @@ impl Relay {
             Step::Linger => {
                 if let Some(State::Open(d, mut observer)) = self.take_state(slot) {
                     observer.end(now);
-                    self.stats.active.fetch_sub(1, Relaxed);
                     let conn = self.conns[slot].as_mut().expect("live slot");
+                    self.lanes[conn.lane].target.stats.active.fetch_sub(1, Relaxed);
                     // The child's socket closes with `d`; the client's stays registered.
                     conn.registered[1] = 0;
                     conn.client = Some(d.into_client());
@@ -657,10 +739,14 @@ impl Relay {
     /// Ends a connection: its sockets close when dropped (epoll forgets closed descriptors).
     fn close(&mut self, slot: usize) {
         let Some(conn) = self.conns[slot].take() else { return };
-        self.stats.close(Instant::now());
+        // Its descriptors are free again (once `conn` drops, at the end of this call).
+        self.paused_until = None;
+        let stats = &self.lanes[conn.lane].target.stats;
+        let now = Instant::now();
+        stats.close(now);
         if let State::Open(_, mut observer) = conn.state {
-            observer.end(Instant::now());
-            self.stats.active.fetch_sub(1, Relaxed);
+            observer.end(now);
+            stats.active.fetch_sub(1, Relaxed);
         }
         self.freed.push(slot);
     }
@@ -710,8 +796,9 @@ impl Relay {
             self.deadlines |= !open_only;
             match &conn.state {
                 State::Held { until, .. } if *until <= now => {
-                    self.waiting.retain(|&s| s != slot);
-                    self.stats.held.fetch_sub(1, Relaxed);
+                    let lane = &mut self.lanes[conn.lane];
+                    lane.waiting.retain(|&s| s != slot);
+                    lane.target.stats.held.fetch_sub(1, Relaxed);
                     self.reject(slot, Reject::HoldTimeout, now);
                 }
                 State::Connecting { until, .. } if *until <= now => {
@@ -746,17 +833,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stats = Arc::new(Stats::default());
-        let setup = Setup {
-            region: "us-east-1",
+        let port_of_region = Port {
             listener,
             child_port,
-            hold,
-            max_connections: max,
             stats: stats.clone(),
             requests: Arc::new(RequestStats::new("/healthz")),
-            workers: 2,
             demand: Arc::new(|| {}),
         };
+        let setup = Setup { ports: vec![port_of_region], hold, max_connections: max, workers: 2 };
         (start(setup).unwrap(), port, stats)
     }
 
@@ -795,7 +879,7 @@ mod tests {
         c.write_all(b"hello").unwrap();
         wait_until("the connection to be held", || get(&stats.held) == 1);
         assert_eq!(get(&stats.active), 0);
-        h.send(Control::Gate(Gate::Open));
+        h.send(Control::Gate(0, Gate::Open));
         wait_until("the connection to be connected", || get(&stats.active) == 1);
         c.shutdown(Shutdown::Write).unwrap();
         let mut answer = Vec::new();
@@ -841,7 +925,7 @@ mod tests {
         // Reserve a port, then free it: the child appears on it only later.
         let port_of_child = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (h, port, stats) = relay(port_of_child, Duration::from_secs(10));
-        h.send(Control::Gate(Gate::Open));
+        h.send(Control::Gate(0, Gate::Open));
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.write_all(b"late").unwrap();
         c.shutdown(Shutdown::Write).unwrap();

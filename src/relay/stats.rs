@@ -1,4 +1,4 @@
-//! The relay's counters of one region: written by that region's relay workers only, read by the
+//! The relay's counters of one region: written by the relay workers only, read by the
 //! HTTP server for `/metrics` and `/healthz`. Plain atomics, so neither side ever waits.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
