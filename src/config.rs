@@ -688,24 +688,18 @@ pub struct Preflight {
 /// The relay workers the open-file limit allows (the soft limit, already raised to the hard
 /// one): as many as there are CPUs (at most 4), fewer when short, and an error naming the limit
 /// and the need when not even one fits (or, without the relay, the regions themselves do not).
-fn check_descriptors(config: &Config, inherited: usize, errors: &mut Vec<String>) -> usize {
+fn check_descriptors(config: &Config, errors: &mut Vec<String>) -> usize {
     let limit = usize::try_from(crate::sys::nofile_limit()).unwrap_or(usize::MAX);
-    // What was inherited stays open: it takes from the limit like anything of ours.
-    let room = limit.saturating_sub(inherited);
     let regions = config.regions.len();
     let found = match config.relay {
-        Some(_) => crate::accept::relay_workers(regions, crate::relay::workers(), room),
-        None => (crate::accept::least(regions, 0) <= room).then_some(0),
+        Some(_) => crate::accept::relay_workers(regions, crate::relay::workers(), limit),
+        None => (crate::accept::least(regions, 0) <= limit).then_some(0),
     };
     found.unwrap_or_else(|| {
-        let need = crate::accept::least(regions, usize::from(config.relay.is_some())) + inherited;
+        let need = crate::accept::least(regions, usize::from(config.relay.is_some()));
         let what = if config.relay.is_some() { "with the relay" } else { "without the relay" };
-        let held = match inherited {
-            0 => String::new(),
-            n => format!(", {n} of them for the descriptors it inherited"),
-        };
         errors.push(format!(
-            "the open-file limit (RLIMIT_NOFILE, hard limit included) is {limit}; {regions} regions {what} need at least {need}{held} (raise it: docker run --ulimit nofile={need}, or ulimit -n {need})"
+            "the open-file limit (RLIMIT_NOFILE, hard limit included) is {limit}; {regions} regions {what} need at least {need} (raise it: docker run --ulimit nofile={need}, or ulimit -n {need})"
         ));
         0
     })
@@ -714,17 +708,12 @@ fn check_descriptors(config: &Config, inherited: usize, errors: &mut Vec<String>
 /// The listen queue of a region port: clients past `SUPERVISOR_RELAY_MAX_CONNECTIONS` wait here.
 const RELAY_BACKLOG: i32 = 1024;
 
-/// Checks, before anything starts, what parsing cannot: the open-file limit less the
-/// `inherited` descriptors (they stay open, close-on-exec) has room for what the regions need,
-/// every program exists and is executable, every child port is free on 127.0.0.1, every region
-/// port is bindable on the relay address, the metrics address is bindable.
-pub fn preflight(
-    config: &Config,
-    path_var: Option<&str>,
-    inherited: usize,
-) -> Result<Preflight, Vec<String>> {
+/// Checks, before anything starts, what parsing cannot: every program exists and is
+/// executable, every child port is free on 127.0.0.1, every region port is bindable on the
+/// relay address, the metrics address is bindable.
+pub fn preflight(config: &Config, path_var: Option<&str>) -> Result<Preflight, Vec<String>> {
     let mut errors = Vec::new();
-    let relay_workers = check_descriptors(config, inherited, &mut errors);
+    let relay_workers = check_descriptors(config, &mut errors);
     check_programs(config, path_var, &mut errors);
     let child_env = if config.relay.is_some() { Key::ChildPortBase } else { Key::PortBase }.env();
     for r in &config.regions {

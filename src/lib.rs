@@ -88,11 +88,9 @@ pub fn run(args: &[String]) -> Exit {
 
 fn supervise(config: Config, signals: signal_hook::iterator::Signals) -> Exit {
     sys::cloexec_inherited_fds();
-    // Open now: the standard streams, the signal handlers' socket pair, and what was inherited.
-    let inherited = sys::open_fds().saturating_sub(5);
     sys::raise_nofile_limit();
     let path = std::env::var("PATH").ok();
-    let preflight = match config::preflight(&config, path.as_deref(), inherited) {
+    let preflight = match config::preflight(&config, path.as_deref()) {
         Ok(p) => p,
         Err(errors) => return fail(&errors),
     };
